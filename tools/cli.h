@@ -1,0 +1,46 @@
+// Command-line plumbing shared by blkrep's subcommands: argument parsing,
+// the state directory, error reporting with CONTRACT.md's exit statuses.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace blkrep::tools {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailed = 1;
+inline constexpr int kExitUsage = 2;
+
+// Parsed arguments of one subcommand: positionals in order, options by name
+// (without the leading "--"). Options take a value ("--x V" or "--x=V")
+// when listed in `valued`, are flags when listed in `flags`; anything else
+// starting with "--" is an error.
+struct Args {
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> values;
+  std::set<std::string> flags;
+
+  bool Flag(const std::string& name) const { return flags.count(name) > 0; }
+  std::optional<std::string> Value(const std::string& name) const;
+};
+
+core::Result<Args> ParseArgs(const std::vector<std::string>& argv,
+                             const std::set<std::string>& valued,
+                             const std::set<std::string>& flags);
+
+// --state-dir, else $BLKREP_STATE_DIR, else /var/lib/blkrep.
+std::string StateDir(const Args& args);
+
+// Prints "blkrep: error: <status>" and returns the exit status for it:
+// 2 for invalid arguments, 1 for everything else.
+int ReportError(const core::Status& status);
+
+// Splits "NAME=VOLUME"; kInvalidArgument when malformed.
+core::Result<std::pair<std::string, std::string>> ParseNameEqualsVolume(const std::string& text);
+
+}  // namespace blkrep::tools

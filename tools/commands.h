@@ -1,0 +1,12 @@
+// Entry points of blkrep's subcommands. Each takes the arguments after its
+// own name and returns the process exit status (CONTRACT.md).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace blkrep::tools {
+
+int JournalCommand(const std::vector<std::string>& argv);
+
+}  // namespace blkrep::tools

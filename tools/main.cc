@@ -1,0 +1,39 @@
+// blkrep: the one command-line program (CONTRACT.md).
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "tools/cli.h"
+#include "tools/commands.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: blkrep <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  journal inspect GUEST [--json]     what the journal of GUEST holds\n"
+    "  journal write GUEST NAME=VOLUME --offset SIZE --length SIZE [...]\n"
+    "                                     write to a volume through the tracking layer\n"
+    "  version                            print the version\n"
+    "\n"
+    "common options: --state-dir DIR (default $BLKREP_STATE_DIR or /var/lib/blkrep)\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
+    std::fputs(kUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? blkrep::tools::kExitUsage : blkrep::tools::kExitOk;
+  }
+  std::string command = args[0];
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (command == "journal") return blkrep::tools::JournalCommand(rest);
+  if (command == "version" || command == "--version") {
+    std::printf("blkrep %s\n", BLKREP_VERSION);
+    return blkrep::tools::kExitOk;
+  }
+  std::fprintf(stderr, "blkrep: error: unknown command '%s' (see blkrep help)\n", command.c_str());
+  return blkrep::tools::kExitUsage;
+}
