@@ -157,4 +157,8 @@ Result<std::vector<std::string>> FaultInjectingFileSystem::List(const std::strin
   return inner_.List(path);
 }
 
+Result<std::unique_ptr<FileLock>> FaultInjectingFileSystem::Lock(const std::string& path) {
+  return inner_.Lock(path);
+}
+
 }  // namespace blkrep::core

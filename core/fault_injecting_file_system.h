@@ -55,6 +55,7 @@ class FaultInjectingFileSystem final : public FileSystem {
   Status CreateDirectories(const std::string& path) override;
   Status SyncDir(const std::string& path) override;
   Result<std::vector<std::string>> List(const std::string& path) override;
+  Result<std::unique_ptr<FileLock>> Lock(const std::string& path) override;
 
   // Counts a call of `op`; returns the errno to fail it with, or 0.
   // Public for the files it opens.

@@ -3,6 +3,7 @@
 #include "core/file_system.h"
 
 #include <dirent.h>
+#include <sys/file.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -73,6 +74,17 @@ class PosixFile final : public File {
   std::string path_;
 };
 
+class PosixFileLock final : public FileLock {
+ public:
+  explicit PosixFileLock(int fd) : fd_(fd) {}
+  ~PosixFileLock() override { ::close(fd_); }  // closing releases the flock
+  PosixFileLock(const PosixFileLock&) = delete;
+  PosixFileLock& operator=(const PosixFileLock&) = delete;
+
+ private:
+  int fd_;
+};
+
 class PosixFileSystem final : public FileSystem {
  public:
   Result<std::unique_ptr<File>> Open(const std::string& path,
@@ -131,6 +143,28 @@ class PosixFileSystem final : public FileSystem {
     ::close(fd);
     if (rc != 0) return ErrnoStatus(saved, "fsync directory " + path);
     return Status::Ok();
+  }
+
+  Result<std::unique_ptr<FileLock>> Lock(const std::string& path) override {
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) return ErrnoStatus(errno, "open lock file " + path);
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      int saved = errno;
+      char holder[32] = {};
+      ssize_t n = ::pread(fd, holder, sizeof(holder) - 1, 0);
+      ::close(fd);
+      if (saved == EWOULDBLOCK) {
+        std::string pid = n > 0 ? std::string(holder, static_cast<std::size_t>(n)) : "?";
+        while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+        return Status::Aborted(path + " is locked by another blkrep process (pid " + pid + ")");
+      }
+      return ErrnoStatus(saved, "lock " + path);
+    }
+    std::string pid = std::to_string(::getpid()) + "\n";
+    if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+      // The pid is only for messages; the lock itself is held.
+    }
+    return std::unique_ptr<FileLock>(new PosixFileLock(fd));
   }
 
   Result<std::vector<std::string>> List(const std::string& path) override {

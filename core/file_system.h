@@ -40,6 +40,12 @@ class File {
   virtual Status Truncate(std::uint64_t size_bytes) = 0;
 };
 
+// An exclusive lock on a path, held until destroyed.
+class FileLock {
+ public:
+  virtual ~FileLock() = default;
+};
+
 enum class OpenMode : std::uint8_t {
   kReadOnly,       // must exist
   kReadWrite,      // must exist
@@ -63,6 +69,11 @@ class FileSystem {
   virtual Status SyncDir(const std::string& path) = 0;
   // Names (not paths) of the entries of a directory.
   virtual Result<std::vector<std::string>> List(const std::string& path) = 0;
+  // Takes an exclusive lock on `path` (created if missing) without
+  // waiting: kAborted naming the holder when another process (or, in memory,
+  // another holder) has it. Released when the FileLock is destroyed or the
+  // process dies.
+  virtual Result<std::unique_ptr<FileLock>> Lock(const std::string& path) = 0;
 };
 
 // The process-wide real file system. Stateless; safe from any thread.

@@ -149,6 +149,31 @@ Result<std::vector<std::string>> MemoryFileSystem::List(const std::string& path)
   return names;
 }
 
+namespace {
+class MemoryFileLock final : public FileLock {
+ public:
+  MemoryFileLock(std::shared_ptr<std::map<std::string, int>> locks,
+                 std::shared_ptr<std::mutex> mu, std::string path)
+      : locks_(std::move(locks)), mu_(std::move(mu)), path_(std::move(path)) {}
+  ~MemoryFileLock() override {
+    std::lock_guard lock(*mu_);
+    locks_->erase(path_);
+  }
+
+ private:
+  std::shared_ptr<std::map<std::string, int>> locks_;
+  std::shared_ptr<std::mutex> mu_;
+  std::string path_;
+};
+}  // namespace
+
+Result<std::unique_ptr<FileLock>> MemoryFileSystem::Lock(const std::string& path) {
+  std::lock_guard lock(*lock_mu_);
+  if (locks_->count(path)) return Status::Aborted(path + " is locked by another holder");
+  (*locks_)[path] = 1;
+  return std::unique_ptr<FileLock>(new MemoryFileLock(locks_, lock_mu_, path));
+}
+
 void MemoryFileSystem::SimulateCrash(CrashMode mode, std::uint64_t seed) {
   std::lock_guard lock(mu_);
   std::mt19937_64 rng(seed);

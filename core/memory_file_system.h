@@ -40,6 +40,7 @@ class MemoryFileSystem final : public FileSystem {
   Status CreateDirectories(const std::string& path) override;
   Status SyncDir(const std::string& path) override;
   Result<std::vector<std::string>> List(const std::string& path) override;
+  Result<std::unique_ptr<FileLock>> Lock(const std::string& path) override;
 
   void SimulateCrash(CrashMode mode, std::uint64_t seed = 0);
 
@@ -55,6 +56,10 @@ class MemoryFileSystem final : public FileSystem {
   std::map<std::string, std::shared_ptr<Inode>> entries_;          // GUARDED_BY(mu_)
   std::map<std::string, std::shared_ptr<Inode>> durable_entries_;  // GUARDED_BY(mu_)
   std::map<std::string, bool> directories_;                        // GUARDED_BY(mu_)
+  // Held locks; shared with the FileLock objects, which may outlive us.
+  std::shared_ptr<std::map<std::string, int>> locks_ =
+      std::make_shared<std::map<std::string, int>>();                // GUARDED_BY(*lock_mu_)
+  std::shared_ptr<std::mutex> lock_mu_ = std::make_shared<std::mutex>();
 };
 
 }  // namespace blkrep::core

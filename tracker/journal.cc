@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <map>
 
 namespace blkrep::tracker {
@@ -639,7 +640,15 @@ Result<std::unique_ptr<Journal>> Journal::Open(core::FileSystem& fs, const std::
   }
   if (options.cap_bytes < jf::kMinCapBytes) return Status::InvalidArgument("journal cap must be at least 64K");
 
+  BLKREP_RETURN_IF_ERROR(fs.CreateDirectories(core::DirName(path)));
   std::unique_ptr<Journal> journal(new Journal(fs, path));
+  BLKREP_ASSIGN_OR_RETURN(journal->lock_, fs.Lock(path + ".lock"));
+  journal->on_degraded_ = options.on_degraded;
+  if (!journal->on_degraded_) {
+    journal->on_degraded_ = [](const std::string& reason) {
+      std::fprintf(stderr, "blkrep: warning: %s; replication needs a resync\n", reason.c_str());
+    };
+  }
   State& s = *journal->state_;
   std::uint64_t old_bytes = 0;
   Status recovered = Recover(fs, path, s, &old_bytes);
@@ -713,7 +722,6 @@ Result<std::unique_ptr<Journal>> Journal::Open(core::FileSystem& fs, const std::
   s.seal.reset();
   s.torn_tail.clear();
 
-  BLKREP_RETURN_IF_ERROR(fs.CreateDirectories(core::DirName(path)));
   std::lock_guard log(journal->log_mu_);
   Status rewritten = journal->Rewrite(nullptr);
   if (!rewritten.ok()) return rewritten.WithContext("cannot write journal " + path);
@@ -836,6 +844,7 @@ void Journal::EnterDegraded(const std::string& reason) {
     s.MarkResyncAll(reason);
     s.header.flags |= jf::kHeaderFlagResyncRequired;
   }
+  if (on_degraded_) on_degraded_(reason);
   // Best effort: the flag lives in the header, rewritten in place, which
   // needs no new space on the file system.
   if (file_) {

@@ -29,6 +29,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -53,6 +54,9 @@ struct JournalOptions {
   std::uint32_t extent_size_bytes = 4U << 20;
   std::uint32_t al_slots = 1024;
   std::uint64_t cap_bytes = 64ULL << 20;
+  // Called (from the thread that met the problem) when the journal degrades
+  // to resync-required. Default: a "blkrep: warning:" line on stderr.
+  std::function<void(const std::string&)> on_degraded;
 };
 
 inline constexpr std::uint32_t kDefaultBlockSizeBytes = 64U << 10;
@@ -118,7 +122,9 @@ class Journal {
   // the volume against what the journal recorded, and starts a new journal
   // generation. Problems with the journal or the volume's history never make
   // Open fail: they set resync-required with a reason. Open fails only when
-  // the journal cannot be written at all, or on bad arguments.
+  // the journal cannot be written at all, on bad arguments, or (kAborted)
+  // when another process holds the journal: it is locked (`path`.lock)
+  // for the Journal's lifetime.
   static core::Result<std::unique_ptr<Journal>> Open(core::FileSystem& fs,
                                                      const std::string& path,
                                                      const VolumeDescriptor& volume,
@@ -185,6 +191,8 @@ class Journal {
 
   core::FileSystem& fs_;
   const std::string path_;
+  std::unique_ptr<core::FileLock> lock_;
+  std::function<void(const std::string&)> on_degraded_;
   std::mutex log_mu_;                  // serializes writers of the file
   std::unique_ptr<core::File> file_;   // GUARDED_BY(log_mu_)
   std::uint64_t file_size_ = 0;        // GUARDED_BY(log_mu_)

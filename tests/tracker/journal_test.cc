@@ -53,6 +53,7 @@ TEST(JournalTest, CleanCloseSealsAndReopenKeepsTheDirtySet) {
   auto j = MustOpen(fs, volume, SmallOptions());
   ASSERT_TRUE(j->MarkDirty(10 * 4096, 3 * 4096).ok());
   ASSERT_TRUE(j->Close(volume.identity).ok());
+  j.reset();
   JournalReport sealed = MustRead(fs);
   EXPECT_TRUE(sealed.clean_close);
   EXPECT_FALSE(sealed.resync_required);
@@ -193,7 +194,8 @@ TEST(JournalCrashTest, CrashAtEveryJournalWriteLosesNoAcknowledgedChange) {
         continue;
       }
       ASSERT_TRUE(HoldsAtLeast(*recovered, model));
-      // And the tracker can start on it.
+      // And the tracker can start on it (the old one is dead).
+      if (opened.ok()) opened = core::Status::Aborted("dead");
       auto reopened = Journal::Open(mem, kJournalPath, volume, options);
       ASSERT_TRUE(reopened.ok()) << reopened.status().ToString();
       ASSERT_TRUE(HoldsAtLeast((*reopened)->Report(), model));
@@ -349,6 +351,7 @@ TEST(JournalPropertyTest, RandomOperationsMatchTheReferenceModel) {
       int dice = static_cast<int>(rng() % 100);
       if (dice < 3) {
         ASSERT_TRUE(j->Close(volume.identity).ok());
+        j.reset();
         j = MustOpen(fs, volume, options);
         model.AbandonFrozen();
       } else if (dice < 5) {
@@ -458,6 +461,7 @@ TEST(JournalIdentityTest, SizeChangeWhileUntrackedRequiresResync) {
   auto j = MustOpen(fs, volume, SmallOptions());
   ASSERT_TRUE(j->AddTarget("nodeB").ok());
   ASSERT_TRUE(j->Close(volume.identity).ok());
+  j.reset();
   volume.identity.size_bytes = 2 * kVolumeBytes;
   auto grown = MustOpen(fs, volume, SmallOptions());
   JournalReport r = grown->Report();
@@ -476,6 +480,7 @@ TEST(JournalIdentityTest, FileModifiedAfterTheSealRequiresResync) {
   volume.identity.mtime_ns = 1000;
   auto j = MustOpen(fs, volume, SmallOptions());
   ASSERT_TRUE(j->Close(volume.identity).ok());
+  j.reset();
   {  // unchanged: no resync
     auto again = MustOpen(fs, volume, SmallOptions());
     EXPECT_FALSE(again->Report().resync_required);
@@ -522,6 +527,38 @@ TEST(JournalMemoryTest, OneTebibyteWithTwoTargetsStaysUnder40MiB) {
   // tracking state alone is what the bound is about.
   std::uint64_t file = fs.Contents(kJournalPath).size();
   EXPECT_LT(heap - std::min(heap, 3 * file), 40ULL << 20) << "heap " << heap << " file " << file;
+}
+
+}  // namespace
+}  // namespace blkrep::tracker
+
+namespace blkrep::tracker {
+namespace {
+
+TEST(JournalTest, SecondOpenOfTheSameJournalIsRefusedWhileTheFirstLives) {
+  core::MemoryFileSystem fs;
+  auto volume = testing::MemoryVolume(1 << 20);
+  auto first = testing::MustOpen(fs, volume, testing::SmallOptions());
+  auto second = Journal::Open(fs, testing::kJournalPath, volume, testing::SmallOptions());
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), core::Code::kAborted);
+  EXPECT_NE(second.status().message().find("locked"), std::string::npos);
+  first.reset();
+  EXPECT_TRUE(Journal::Open(fs, testing::kJournalPath, volume, testing::SmallOptions()).ok());
+}
+
+TEST(JournalFaultTest, DegradationIsReportedOnce) {
+  core::MemoryFileSystem mem;
+  core::FaultInjectingFileSystem fs(mem);
+  JournalOptions options = testing::SmallOptions();
+  std::vector<std::string> warnings;
+  options.on_degraded = [&](const std::string& reason) { warnings.push_back(reason); };
+  auto j = testing::MustOpen(fs, testing::MemoryVolume(1 << 20), options);
+  fs.FailAfter(core::FileOp::kSync, 0, EIO);
+  ASSERT_TRUE(j->MarkDirty(0, 4096).ok());
+  ASSERT_TRUE(j->MarkDirty(10 * 65536, 4096).ok());
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("could not be written"), std::string::npos) << warnings[0];
 }
 
 }  // namespace

@@ -29,6 +29,7 @@ inline JournalOptions SmallOptions() {
   o.extent_size_bytes = 64 * 1024;  // 16 blocks per extent
   o.al_slots = 4;
   o.cap_bytes = 1 << 20;
+  o.on_degraded = [](const std::string&) {};  // tests check Report() instead
   return o;
 }
 
