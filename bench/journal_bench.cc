@@ -3,13 +3,23 @@
 // Design note. The journal promises (tracker/journal.h) that MarkDirty into
 // an extent already in the activity log (AL) costs one mutex and a few bit
 // operations, and that a write into a cold extent costs one durable AL_SWAP
-// record, i.e. one fdatasync. This program measures both against the file
-// system's own fdatasync latency, in one run, and prints a table (or, with
-// --json, one JSON document). It is a measurement, not a test: it asserts no
-// timing. It does check that each phase measured what it claims, through a
-// FileSystem decorator that counts the journal's I/O (nbdkit-filter style):
-// the hot phases must write nothing, the cold phase must sync once per call.
-// A failed check is reported and makes the exit status 1.
+// record, i.e. one fdatasync. This program measures both, in one run, and
+// prints a table (or, with --json, one JSON document); bench/README.md says
+// how to read it.
+//
+// The fdatasync baseline is taken twice: appending 4 KiB (a new file system
+// block every time) and appending 128 bytes, about one AL_SWAP record (a new
+// block every ~32 appends), which is what the journal's own appends look
+// like to the file system. The two baselines and the cold MarkDirty phase
+// take turns in 50 ms slices, so that the drift of a shared disk does not
+// skew their ratios. The hot phases are CPU-bound and run on their own.
+//
+// It is a measurement, not a test: it asserts no timing. It does check that
+// each phase measured what it claims, through a FileSystem decorator that
+// counts the journal's I/O (nbdkit-filter style): the hot phases must write
+// nothing and leave exactly the hot set dirty, the cold phase must sync once
+// per call, the journal must not degrade. A failed check is reported and
+// makes the exit status 1.
 //
 // Everything lives in a fresh mkdtemp directory (under --dir, else $TMPDIR,
 // else /tmp) that is removed at the end; the journal tracks a memory-kind
@@ -55,10 +65,13 @@ constexpr const char* kUsage =
     "\n"
     "  --dir DIR     make the scratch directory inside DIR (default $TMPDIR or /tmp);\n"
     "                DIR should be on the file system the journal will live on\n"
-    "  --seconds S   time per measurement (default 2; 4 measurements)\n"
+    "  --seconds S   time per measurement (default 2; 5 measurements)\n"
     "  --json        print one JSON document instead of the table\n";
 
-constexpr std::uint64_t kWriteBytes = 4096;  // one guest write
+// One guest write, and the big fdatasync append.
+constexpr std::uint64_t kWriteBytes = 4096;
+// The small fdatasync append: about one AL_SWAP record with 2 targets.
+constexpr std::uint64_t kRecordSizedAppendBytes = 128;
 constexpr std::uint64_t kVolumeSizeBytes = 64ULL << 30;
 constexpr std::uint64_t kHotExtents = 64;  // well under the 1024 AL slots
 constexpr double kHotTargetCallsPerSecond = 5e6;
@@ -186,6 +199,9 @@ class CountingFileSystem final : public core::FileSystem {
   Result<std::vector<std::string>> List(const std::string& path) override {
     return next_.List(path);
   }
+  Result<std::unique_ptr<core::FileLock>> Lock(const std::string& path) override {
+    return next_.Lock(path);
+  }
 
  private:
   core::FileSystem& next_;
@@ -198,7 +214,8 @@ struct IoSnapshot {
   std::uint64_t renames = 0;
 
   static IoSnapshot Of(const IoCounts& c) {
-    return {c.syncs.load(std::memory_order_relaxed), c.bytes_written.load(std::memory_order_relaxed),
+    return {c.syncs.load(std::memory_order_relaxed),
+            c.bytes_written.load(std::memory_order_relaxed),
             c.renames.load(std::memory_order_relaxed)};
   }
   IoSnapshot operator-(const IoSnapshot& before) const {
@@ -256,38 +273,6 @@ class AlignedBuffer {
   std::byte* data_;
 };
 
-// (1) Appends kWriteBytes and fdatasyncs, over and over, through the same
-// FileSystem the journal uses.
-Result<LatencySummary> MeasureFdatasync(core::FileSystem& fs, const std::string& dir,
-                                        double seconds) {
-  const std::string path = dir + "/fdatasync.dat";
-  AlignedBuffer buffer(kWriteBytes);
-  if (!buffer.ok()) return Status::ResourceExhausted("cannot allocate an I/O buffer");
-  BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<core::File> file,
-                          fs.Open(path, core::OpenMode::kCreateTruncate));
-  std::vector<std::uint64_t> ns;
-  ns.reserve(4096);
-  std::uint64_t size_bytes = 0;
-  const Clock::time_point deadline = Clock::now() + Seconds(seconds);
-  while (ns.size() < kMaxSyncSamples) {
-    if (size_bytes >= kSyncFileWrapBytes) {  // untimed: keep the file small
-      BLKREP_RETURN_IF_ERROR(file->Truncate(0));
-      BLKREP_RETURN_IF_ERROR(file->Sync());
-      size_bytes = 0;
-    }
-    Clock::time_point t0 = Clock::now();
-    BLKREP_RETURN_IF_ERROR(file->WriteAt(size_bytes, buffer.span()));
-    BLKREP_RETURN_IF_ERROR(file->Sync());
-    Clock::time_point t1 = Clock::now();
-    ns.push_back(ElapsedNs(t0, t1));
-    size_bytes += kWriteBytes;
-    if (t1 >= deadline) break;
-  }
-  file.reset();
-  BLKREP_RETURN_IF_ERROR(fs.Remove(path));
-  return Summarize(ns);
-}
-
 // Geometry of the journal under test, from its report.
 struct Geometry {
   std::uint64_t block_size_bytes = 0;
@@ -325,8 +310,6 @@ struct Checks {
   void Fail(std::string problem) { problems.push_back(std::move(problem)); }
 };
 
-std::string StatusText(const Status& status) { return status.ToString(); }
-
 // Makes every extent of the hot set hot (one AL_SWAP each) and checks that
 // the journal's report lists them.
 Status WarmHotSet(tracker::Journal& journal, const Geometry& g, Checks& checks) {
@@ -339,8 +322,8 @@ Status WarmHotSet(tracker::Journal& journal, const Geometry& g, Checks& checks) 
     if (e < kHotExtents) hot[e] = true;
   }
   if (std::count(hot.begin(), hot.end(), true) != static_cast<std::ptrdiff_t>(kHotExtents)) {
-    checks.Fail("after warming, the activity log lacks some of the " +
-                std::to_string(kHotExtents) + " hot extents");
+    checks.Fail("after warming, the activity log lacks some of the " + std::to_string(kHotExtents) +
+                " hot extents");
   }
   return Status::Ok();
 }
@@ -349,7 +332,7 @@ Status WarmHotSet(tracker::Journal& journal, const Geometry& g, Checks& checks) 
 // `seconds`; thread t starts t/threads of the way into it.
 HotResult MeasureHot(tracker::Journal& journal, const Geometry& g, int threads, double seconds,
                      IoCounts& counts, Checks& checks) {
-  struct Worker {
+  struct alignas(64) Worker {  // one cache line each: no false sharing
     std::uint64_t calls = 0;
     std::uint64_t failures = 0;
     Status first_failure;
@@ -394,14 +377,14 @@ HotResult MeasureHot(tracker::Journal& journal, const Geometry& g, int threads, 
   for (const auto& w : workers) {
     r.calls += w.calls;
     if (w.failures > 0 && failures == 0) {
-      checks.Fail("hot MarkDirty failed: " + StatusText(w.first_failure));
+      checks.Fail("hot MarkDirty failed: " + w.first_failure.ToString());
     }
     failures += w.failures;
   }
   r.calls_per_second = static_cast<double>(r.calls) / r.seconds;
   r.ns_per_call = r.seconds * 1e9 * threads / static_cast<double>(r.calls);
-  std::string name = "hot MarkDirty (" + std::to_string(threads) + " thread" +
-                     (threads == 1 ? "" : "s") + ")";
+  std::string name =
+      "hot MarkDirty (" + std::to_string(threads) + " thread" + (threads == 1 ? "" : "s") + ")";
   if (r.io.syncs != 0 || r.io.bytes_written != 0) {
     checks.Fail(name + " wrote to the journal (" + std::to_string(r.io.syncs) + " syncs, " +
                 std::to_string(r.io.bytes_written) + " bytes): some calls were not hot");
@@ -409,43 +392,116 @@ HotResult MeasureHot(tracker::Journal& journal, const Geometry& g, int threads, 
   return r;
 }
 
+// The disk measurements, (1) and (3), run in turns of kSliceDuration so that
+// a shared disk's drift (other tenants, writeback) hits all of them alike:
+// their ratios are what this program is for.
+constexpr auto kSliceDuration = std::chrono::milliseconds(50);
+
+// (1): appends `append_bytes` and fdatasyncs, over and over, through the
+// same FileSystem the journal uses. REQUIRES: append_bytes <= kWriteBytes.
+class SyncAppender {
+ public:
+  SyncAppender(core::FileSystem& fs, std::string path, std::uint64_t append_bytes)
+      : fs_(fs), path_(std::move(path)), append_bytes_(append_bytes), buffer_(kWriteBytes) {}
+
+  Status Open() {
+    if (!buffer_.ok()) return Status::ResourceExhausted("cannot allocate an I/O buffer");
+    BLKREP_ASSIGN_OR_RETURN(file_, fs_.Open(path_, core::OpenMode::kCreateTruncate));
+    return Status::Ok();
+  }
+
+  // Appends and syncs until `slice` has passed (at least once).
+  Status RunFor(Clock::duration slice) {
+    const Clock::time_point start = Clock::now();
+    Clock::time_point t1 = start;
+    do {
+      if (ns_.size() >= kMaxSyncSamples) break;
+      if (size_bytes_ >= kSyncFileWrapBytes) {  // untimed: keep the file small
+        BLKREP_RETURN_IF_ERROR(file_->Truncate(0));
+        BLKREP_RETURN_IF_ERROR(file_->Sync());
+        size_bytes_ = 0;
+      }
+      Clock::time_point t0 = Clock::now();
+      BLKREP_RETURN_IF_ERROR(file_->WriteAt(size_bytes_, buffer_.span().first(append_bytes_)));
+      BLKREP_RETURN_IF_ERROR(file_->Sync());
+      t1 = Clock::now();
+      ns_.push_back(ElapsedNs(t0, t1));
+      size_bytes_ += append_bytes_;
+    } while (t1 - start < slice);
+    return Status::Ok();
+  }
+
+  // Closes and removes the file; the samples, summarized.
+  Result<LatencySummary> Finish() {
+    file_.reset();
+    BLKREP_RETURN_IF_ERROR(fs_.Remove(path_));
+    return Summarize(ns_);
+  }
+
+ private:
+  core::FileSystem& fs_;
+  const std::string path_;
+  const std::uint64_t append_bytes_;
+  AlignedBuffer buffer_;
+  std::unique_ptr<core::File> file_;
+  std::uint64_t size_bytes_ = 0;
+  std::vector<std::uint64_t> ns_;
+};
+
 // (3): each call writes into an extent outside the activity log. Extents
 // are taken in order above the hot set; with many more extents than AL
 // slots, an extent is long evicted before the walk comes back to it.
-ColdResult MeasureCold(tracker::Journal& journal, const Geometry& g, double seconds,
-                       IoCounts& counts, Checks& checks) {
-  std::vector<std::uint64_t> ns;
-  ns.reserve(8192);
-  std::uint64_t extent = kHotExtents;
-  std::uint64_t failures = 0;
-  IoSnapshot before = IoSnapshot::Of(counts);
-  Clock::time_point start = Clock::now();
-  const Clock::time_point deadline = start + Seconds(seconds);
-  Clock::time_point t1 = start;
-  while (ns.size() < kMaxColdCalls && t1 < deadline) {
-    std::uint64_t offset = extent * g.extent_size_bytes + (ns.size() % 16) * kWriteBytes;
-    Clock::time_point t0 = Clock::now();
-    Status s = journal.MarkDirty(offset, kWriteBytes);
-    t1 = Clock::now();
-    if (!s.ok() && failures++ == 0) checks.Fail("cold MarkDirty failed: " + StatusText(s));
-    ns.push_back(ElapsedNs(t0, t1));
-    if (++extent == g.extent_count) extent = kHotExtents;
+class ColdWalker {
+ public:
+  ColdWalker(tracker::Journal& journal, const Geometry& g, IoCounts& counts)
+      : journal_(journal), g_(g), counts_(counts), before_(IoSnapshot::Of(counts)) {}
+
+  // Marks cold extents dirty until `slice` has passed (at least once).
+  void RunFor(Clock::duration slice) {
+    const Clock::time_point start = Clock::now();
+    Clock::time_point t1 = start;
+    do {
+      if (ns_.size() >= kMaxColdCalls) break;
+      std::uint64_t offset = extent_ * g_.extent_size_bytes + (ns_.size() % 16) * kWriteBytes;
+      Clock::time_point t0 = Clock::now();
+      Status s = journal_.MarkDirty(offset, kWriteBytes);
+      t1 = Clock::now();
+      if (!s.ok() && failures_++ == 0) first_failure_ = s;
+      ns_.push_back(ElapsedNs(t0, t1));
+      if (++extent_ == g_.extent_count) extent_ = kHotExtents;
+    } while (t1 - start < slice);
+    busy_ns_ += ElapsedNs(start, t1);
   }
-  ColdResult r;
-  r.io = IoSnapshot::Of(counts) - before;
-  r.calls = ns.size();
-  r.seconds = static_cast<double>(ElapsedNs(start, t1)) / 1e9;
-  r.calls_per_second = static_cast<double>(r.calls) / r.seconds;
-  r.latency = Summarize(ns);
-  // One durable record per call, plus one sync per compaction (a checkpoint
-  // rewrite when the journal reaches its cap).
-  if (r.io.syncs != r.calls + r.io.renames) {
-    checks.Fail("cold MarkDirty made " + std::to_string(r.io.syncs) + " syncs for " +
-                std::to_string(r.calls) + " calls and " + std::to_string(r.io.renames) +
-                " compactions; expected one per call and per compaction");
+
+  ColdResult Finish(Checks& checks) {
+    ColdResult r;
+    r.io = IoSnapshot::Of(counts_) - before_;
+    r.calls = ns_.size();
+    r.seconds = static_cast<double>(busy_ns_) / 1e9;
+    r.calls_per_second = r.seconds > 0 ? static_cast<double>(r.calls) / r.seconds : 0;
+    r.latency = Summarize(ns_);
+    if (failures_ > 0) checks.Fail("cold MarkDirty failed: " + first_failure_.ToString());
+    // One durable record per call, plus one sync per compaction (a
+    // checkpoint rewrite when the journal reaches its cap).
+    if (r.io.syncs != r.calls + r.io.renames) {
+      checks.Fail("cold MarkDirty made " + std::to_string(r.io.syncs) + " syncs for " +
+                  std::to_string(r.calls) + " calls and " + std::to_string(r.io.renames) +
+                  " compactions; expected one per call and per compaction");
+    }
+    return r;
   }
-  return r;
-}
+
+ private:
+  tracker::Journal& journal_;
+  const Geometry& g_;
+  IoCounts& counts_;
+  const IoSnapshot before_;
+  std::uint64_t extent_ = kHotExtents;
+  std::vector<std::uint64_t> ns_;
+  std::uint64_t busy_ns_ = 0;
+  std::uint64_t failures_ = 0;
+  Status first_failure_;
+};
 
 struct Environment {
   std::string dir;
@@ -455,18 +511,27 @@ struct Environment {
 };
 
 std::string FileSystemType(const std::string& path) {
-  struct statfs st{};
+  struct statfs st {};
   if (::statfs(path.c_str(), &st) != 0) return "unknown";
   switch (static_cast<std::uint64_t>(st.f_type)) {
-    case 0xEF53: return "ext4";  // also ext2/ext3
-    case 0x58465342: return "xfs";
-    case 0x9123683E: return "btrfs";
-    case 0x01021994: return "tmpfs";
-    case 0x794C7630: return "overlayfs";
-    case 0xF2F52010: return "f2fs";
-    case 0x2FC12FC1: return "zfs";
-    case 0x6969: return "nfs";
-    case 0x65735546: return "fuse";
+    case 0xEF53:
+      return "ext4";  // also ext2/ext3
+    case 0x58465342:
+      return "xfs";
+    case 0x9123683E:
+      return "btrfs";
+    case 0x01021994:
+      return "tmpfs";
+    case 0x794C7630:
+      return "overlayfs";
+    case 0xF2F52010:
+      return "f2fs";
+    case 0x2FC12FC1:
+      return "zfs";
+    case 0x6969:
+      return "nfs";
+    case 0x65735546:
+      return "fuse";
     default: {
       char hex[32];
       std::snprintf(hex, sizeof hex, "0x%" PRIx64, static_cast<std::uint64_t>(st.f_type));
@@ -484,7 +549,7 @@ Environment DescribeEnvironment(const std::string& dir) {
   env.cpus = ::sched_getaffinity(0, sizeof set, &set) == 0
                  ? CPU_COUNT(&set)
                  : static_cast<int>(std::thread::hardware_concurrency());
-  struct utsname u{};
+  struct utsname u {};
   env.kernel = ::uname(&u) == 0 ? std::string(u.sysname) + " " + u.release : "unknown";
   return env;
 }
@@ -494,7 +559,8 @@ struct Results {
   Options options;
   Geometry geometry;
   std::uint64_t targets = 0;
-  LatencySummary fdatasync;
+  LatencySummary fdatasync;        // 4 KiB appends
+  LatencySummary fdatasync_small;  // record-sized appends
   HotResult hot1;
   HotResult hot2;
   ColdResult cold;
@@ -546,39 +612,48 @@ void PrintTable(const Results& r) {
   std::printf("journal_bench: %s on %s, %d CPUs, %s, %s s per measurement\n", r.env.dir.c_str(),
               r.env.fs_type.c_str(), r.env.cpus, r.env.kernel.c_str(),
               Fixed(r.options.seconds, 1).c_str());
-  std::printf(
-      "journal: %" PRIu64 " GiB memory volume, %" PRIu64 " KiB blocks, %" PRIu64
-      " MiB extents, %u AL slots, %" PRIu64 " targets (%" PRIu64
-      " bitmaps per mark); 4 KiB marks; hot set %" PRIu64 " extents (%" PRIu64 " MiB)\n\n",
-      kVolumeSizeBytes >> 30, g.block_size_bytes >> 10, g.extent_size_bytes >> 20, g.al_slots,
-      r.targets, r.targets + 1, kHotExtents, g.hot_bytes >> 20);
+  std::printf("journal: %" PRIu64 " GiB memory volume, %" PRIu64 " KiB blocks, %" PRIu64
+              " MiB extents, %u AL slots, %" PRIu64 " targets (%" PRIu64
+              " bitmaps per mark); 4 KiB marks; hot set %" PRIu64 " extents (%" PRIu64 " MiB)\n\n",
+              kVolumeSizeBytes >> 30, g.block_size_bytes >> 10, g.extent_size_bytes >> 20,
+              g.al_slots, r.targets, r.targets + 1, kHotExtents, g.hot_bytes >> 20);
 
   struct Row {
     std::string measurement, value, unit, versus;
   };
   const LatencySummary& f = r.fdatasync;
+  const LatencySummary& fs = r.fdatasync_small;
   const LatencySummary& c = r.cold.latency;
   auto vs = [](double value, double reference, const std::string& what) {
     return reference > 0 ? Ratio(value / reference) + " " + what : std::string("-");
+  };
+  // Cold latencies against both baselines.
+  auto vs_sync = [&](double value, double big, double small, const std::string& stat) {
+    return vs(value, big, "4 KiB-append " + stat) + ", " + vs(value, small, "128 B-append");
   };
   std::vector<Row> rows = {
       {"fdatasync, 4 KiB append: median", Fixed(f.median_us, 1), "µs",
        Grouped(static_cast<double>(f.samples)) + " samples"},
       {"fdatasync, 4 KiB append: p99", Fixed(f.p99_us, 1), "µs", ""},
       {"fdatasync, 4 KiB append: mean", Fixed(f.mean_us, 1), "µs", ""},
+      {"fdatasync, 128 B append: median", Fixed(fs.median_us, 1), "µs",
+       Grouped(static_cast<double>(fs.samples)) + " samples"},
+      {"fdatasync, 128 B append: p99", Fixed(fs.p99_us, 1), "µs", ""},
+      {"fdatasync, 128 B append: mean", Fixed(fs.mean_us, 1), "µs", ""},
       {"MarkDirty hot, 1 thread", Grouped(r.hot1.calls_per_second), "calls/s",
        Ratio(r.hot1.calls_per_second / kHotTargetCallsPerSecond) + " target (5 M/s)"},
       {"MarkDirty hot, 1 thread", Fixed(r.hot1.ns_per_call, 1), "ns/call", ""},
       {"MarkDirty cold, 1 thread", Grouped(r.cold.calls_per_second), "calls/s",
        Grouped(static_cast<double>(r.cold.calls)) + " calls"},
-      {"MarkDirty cold: mean", Fixed(c.mean_us, 1), "µs", vs(c.mean_us, f.mean_us, "fdatasync mean")},
+      {"MarkDirty cold: mean", Fixed(c.mean_us, 1), "µs",
+       vs_sync(c.mean_us, f.mean_us, fs.mean_us, "mean")},
       {"MarkDirty cold: median", Fixed(c.median_us, 1), "µs",
-       vs(c.median_us, f.median_us, "fdatasync median")},
-      {"MarkDirty cold: p99", Fixed(c.p99_us, 1), "µs", vs(c.p99_us, f.p99_us, "fdatasync p99")},
+       vs_sync(c.median_us, f.median_us, fs.median_us, "median")},
+      {"MarkDirty cold: p99", Fixed(c.p99_us, 1), "µs",
+       vs_sync(c.p99_us, f.p99_us, fs.p99_us, "p99")},
       {"MarkDirty hot, 2 threads", Grouped(r.hot2.calls_per_second), "calls/s",
        vs(r.hot2.calls_per_second, r.hot1.calls_per_second, "1 thread")},
-      {"MarkDirty hot, 2 threads", Fixed(r.hot2.ns_per_call, 1), "ns/call",
-       "per call per thread"},
+      {"MarkDirty hot, 2 threads", Fixed(r.hot2.ns_per_call, 1), "ns/call", "per call per thread"},
   };
   std::vector<std::string> header = {"measurement", "value", "unit", "vs fdatasync / target"};
   std::size_t w0 = Width(header[0]), w1 = Width(header[1]), w2 = Width(header[2]);
@@ -589,7 +664,8 @@ void PrintTable(const Results& r) {
   }
   auto line = [&](const std::string& a, const std::string& b, const std::string& c,
                   const std::string& d) {
-    std::string text = PadRight(a, w0) + " | " + PadLeft(b, w1) + " | " + PadRight(c, w2) + " | " + d;
+    std::string text =
+        PadRight(a, w0) + " | " + PadLeft(b, w1) + " | " + PadRight(c, w2) + " | " + d;
     while (!text.empty() && text.back() == ' ') text.pop_back();
     std::printf("%s\n", text.c_str());
   };
@@ -599,21 +675,26 @@ void PrintTable(const Results& r) {
   for (const Row& row : rows) line(row.measurement, row.value, row.unit, row.versus);
 
   std::printf("\nchecks: hot phases wrote %" PRIu64 " bytes / %" PRIu64
-              " syncs to the journal; cold phase: %" PRIu64 " syncs for %" PRIu64
-              " calls (%" PRIu64 " compactions), %s journal bytes per call\n",
+              " syncs to the journal; cold phase: %" PRIu64 " syncs for %" PRIu64 " calls (%" PRIu64
+              " compactions), %s journal bytes per call\n",
               r.hot1.io.bytes_written + r.hot2.io.bytes_written, r.hot1.io.syncs + r.hot2.io.syncs,
               r.cold.io.syncs, r.cold.calls, r.cold.io.renames,
-              r.cold.calls > 0
-                  ? Fixed(static_cast<double>(r.cold.io.bytes_written) / static_cast<double>(r.cold.calls), 0).c_str()
-                  : "-");
+              r.cold.calls > 0 ? Fixed(static_cast<double>(r.cold.io.bytes_written) /
+                                           static_cast<double>(r.cold.calls),
+                                       0)
+                                     .c_str()
+                               : "-");
   if (f.median_us < 20) {
-    std::printf("note: fdatasync takes %s µs here: this file system (%s) does not seem to reach "
-                "stable storage; cold figures say little about a real disk\n",
-                Fixed(f.median_us, 1).c_str(), r.env.fs_type.c_str());
+    std::printf(
+        "note: fdatasync takes %s µs here: this file system (%s) does not seem to reach "
+        "stable storage; cold figures say little about a real disk\n",
+        Fixed(f.median_us, 1).c_str(), r.env.fs_type.c_str());
   }
   if (r.env.cpus < 2) {
-    std::printf("note: only %d CPU available: the 2-thread row measures time slicing, not "
-                "contention\n", r.env.cpus);
+    std::printf(
+        "note: only %d CPU available: the 2-thread row measures time slicing, not "
+        "contention\n",
+        r.env.cpus);
   }
   for (const auto& p : r.checks.problems) std::printf("CHECK FAILED: %s\n", p.c_str());
 }
@@ -665,6 +746,10 @@ void PrintJson(const Results& r) {
   j.Key("append_bytes").Uint(kWriteBytes);
   WriteLatency(j, r.fdatasync);
   j.EndObject();
+  j.Key("fdatasync_record_sized_append").BeginObject();
+  j.Key("append_bytes").Uint(kRecordSizedAppendBytes);
+  WriteLatency(j, r.fdatasync_small);
+  j.EndObject();
   j.Key("mark_dirty_hot_1_thread");
   WriteHot(j, r.hot1);
   j.Key("mark_dirty_hot_2_threads");
@@ -679,6 +764,13 @@ void PrintJson(const Results& r) {
       .Double(r.fdatasync.mean_us > 0 ? r.cold.latency.mean_us / r.fdatasync.mean_us : NAN);
   j.Key("median_vs_fdatasync_median")
       .Double(r.fdatasync.median_us > 0 ? r.cold.latency.median_us / r.fdatasync.median_us : NAN);
+  j.Key("mean_vs_record_sized_fdatasync_mean")
+      .Double(r.fdatasync_small.mean_us > 0 ? r.cold.latency.mean_us / r.fdatasync_small.mean_us
+                                            : NAN);
+  j.Key("median_vs_record_sized_fdatasync_median")
+      .Double(r.fdatasync_small.median_us > 0
+                  ? r.cold.latency.median_us / r.fdatasync_small.median_us
+                  : NAN);
   WriteIo(j, r.cold.io);
   j.EndObject();
   j.Key("checks").BeginObject();
@@ -694,12 +786,11 @@ void PrintJson(const Results& r) {
 // --- the run ----------------------------------------------------------------
 
 Status Run(const Options& options, Results& r) {
-  BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<ScratchDir> scratch, ScratchDir::Make(options.parent_dir));
+  BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<ScratchDir> scratch,
+                          ScratchDir::Make(options.parent_dir));
   r.options = options;
   r.env = DescribeEnvironment(scratch->path());
   core::FileSystem& posix = core::PosixFileSystemInstance();
-
-  BLKREP_ASSIGN_OR_RETURN(r.fdatasync, MeasureFdatasync(posix, scratch->path(), options.seconds));
 
   IoCounts counts;
   CountingFileSystem fs(posix, counts);
@@ -709,9 +800,9 @@ Status Run(const Options& options, Results& r) {
   volume.path = "memory:bench/vol0";
   volume.identity.kind = core::VolumeIdentity::Kind::kMemory;
   volume.identity.size_bytes = kVolumeSizeBytes;
-  BLKREP_ASSIGN_OR_RETURN(
-      std::unique_ptr<tracker::Journal> journal,
-      tracker::Journal::Open(fs, scratch->path() + "/vol0.journal", volume, tracker::JournalOptions{}));
+  BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<tracker::Journal> journal,
+                          tracker::Journal::Open(fs, scratch->path() + "/vol0.journal", volume,
+                                                 tracker::JournalOptions{}));
   BLKREP_RETURN_IF_ERROR(journal->AddTarget("replica-a"));
   BLKREP_RETURN_IF_ERROR(journal->AddTarget("replica-b"));
 
@@ -747,7 +838,23 @@ Status Run(const Options& options, Results& r) {
                   " blocks are dirty where the hot set has " + std::to_string(hot_blocks));
   }
 
-  r.cold = MeasureCold(*journal, r.geometry, options.seconds, counts, r.checks);
+  // The disk measurements, in turns.
+  SyncAppender big(posix, scratch->path() + "/fdatasync-4k.dat", kWriteBytes);
+  SyncAppender small(posix, scratch->path() + "/fdatasync-128.dat", kRecordSizedAppendBytes);
+  BLKREP_RETURN_IF_ERROR(big.Open());
+  BLKREP_RETURN_IF_ERROR(small.Open());
+  ColdWalker cold(*journal, r.geometry, counts);
+  const Clock::duration per_measurement = Seconds(options.seconds);
+  for (Clock::duration spent{0}; spent < per_measurement;) {
+    Clock::duration slice = std::min<Clock::duration>(kSliceDuration, per_measurement - spent);
+    BLKREP_RETURN_IF_ERROR(big.RunFor(slice));
+    BLKREP_RETURN_IF_ERROR(small.RunFor(slice));
+    cold.RunFor(slice);
+    spent += slice;
+  }
+  BLKREP_ASSIGN_OR_RETURN(r.fdatasync, big.Finish());
+  BLKREP_ASSIGN_OR_RETURN(r.fdatasync_small, small.Finish());
+  r.cold = cold.Finish(r.checks);
   if (journal->degraded()) {
     r.checks.Fail("the journal is degraded: " + journal->Report().resync_reason);
   }
@@ -769,7 +876,8 @@ int main(int argc, char** argv) {
   }
   auto options = blkrep::bench::ParseOptions(argc, argv);
   if (!options.ok()) {
-    std::fprintf(stderr, "journal_bench: error: %s\n%s", options.status().ToString().c_str(), kUsage);
+    std::fprintf(stderr, "journal_bench: error: %s\n%s", options.status().ToString().c_str(),
+                 kUsage);
     return 2;
   }
   blkrep::bench::Results results;
