@@ -4,6 +4,8 @@
 #include "tracker/journal.h"
 
 #include <algorithm>
+#include <bit>
+#include <new>
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -53,11 +55,12 @@ struct Journal::State {
   std::uint64_t block_count = 0;
   std::uint64_t blocks_per_extent = 0;
   std::uint64_t extent_count = 0;
+  unsigned block_shift = 0;   // log2(block size): sizes are powers of two
+  unsigned extent_shift = 0;  // log2(blocks per extent)
   DirtyBitmap base;
   bool base_unknown = false;
   std::string base_reason;
   std::vector<TargetData> targets;
-  std::uint32_t next_target_id = 1;
   std::vector<std::uint64_t> slot_extent;   // al slot -> extent or kNoExtent
   std::vector<std::int32_t> extent_slot;    // extent -> slot, -1 when cold
   std::vector<std::uint8_t> referenced;     // clock bits per slot
@@ -73,6 +76,8 @@ struct Journal::State {
     block_count = (header.volume_size_bytes + header.block_size_bytes - 1) / header.block_size_bytes;
     blocks_per_extent = header.extent_size_bytes / header.block_size_bytes;
     extent_count = (block_count + blocks_per_extent - 1) / blocks_per_extent;
+    block_shift = static_cast<unsigned>(std::countr_zero(header.block_size_bytes));
+    extent_shift = static_cast<unsigned>(std::countr_zero(blocks_per_extent));
     base = DirtyBitmap(block_count);
     slot_extent.assign(header.al_slots, jf::kNoExtent);
     extent_slot.assign(extent_count, -1);
@@ -136,6 +141,7 @@ struct Journal::State {
       t.live.Or(t.frozen_bits);
       t.frozen = false;
       t.frozen_bits = DirtyBitmap();
+      t.resync_raised_while_frozen = false;
     }
   }
 
@@ -280,7 +286,6 @@ class Replayer {
     // In a checkpoint the bits follow; a target added later starts full.
     t.live = DirtyBitmap(s_.block_count, !in_checkpoint_);
     s_.targets.push_back(std::move(t));
-    s_.next_target_id = std::max(s_.next_target_id, p.target_id + 1);
     if (!in_checkpoint_) s_.base_unknown = false;
     return Status::Ok();
   }
@@ -336,15 +341,26 @@ class Replayer {
       if (p.words_per_set != s_.WordsPerExtent()) {
         return Status::Corruption("AL_SWAP words per set do not match the extent size");
       }
+      // An eviction carries the base set and every target's live set, once.
+      if (p.sets.size() != 1 + s_.targets.size()) {
+        return Status::Corruption("AL_SWAP carries " + std::to_string(p.sets.size()) +
+                                  " sets; the base and " + std::to_string(s_.targets.size()) +
+                                  " targets need " + std::to_string(1 + s_.targets.size()));
+      }
       std::vector<DirtyBitmap*> sets;
       for (const auto& set : p.sets) {
+        DirtyBitmap* bits = nullptr;
         if (set.kind == jf::SetKind::kBase) {
-          sets.push_back(&s_.base);
+          bits = &s_.base;
         } else {
           TargetData* t = s_.FindTarget(set.target_id);
           if (!t) return Status::Corruption("AL_SWAP bits for an unknown target");
-          sets.push_back(&t->live);
+          bits = &t->live;
         }
+        if (std::find(sets.begin(), sets.end(), bits) != sets.end()) {
+          return Status::Corruption("AL_SWAP carries a set twice");
+        }
+        sets.push_back(bits);
       }
       std::uint64_t first = s_.ExtentFirstBlock(p.old_extent);
       for (std::size_t i = 0; i < sets.size(); ++i) {
@@ -382,6 +398,7 @@ class Replayer {
     t->frozen_epoch = r.epoch;
     t->frozen_mode = pending_->mode;
     t->frozen_bits = std::move(pending_->bits);
+    t->resync_raised_while_frozen = false;
     t->live.ClearAll();
     if (!in_checkpoint_) s_.epoch = r.epoch;
     pending_.reset();
@@ -408,6 +425,7 @@ class Replayer {
     t->live.Or(t->frozen_bits);
     t->frozen = false;
     t->frozen_bits = DirtyBitmap();
+    t->resync_raised_while_frozen = false;
     return Status::Ok();
   }
 
@@ -457,13 +475,27 @@ class Replayer {
 // corruption marks everything resync-required with the reason. Fails only
 // when the file cannot be read (or does not exist: kNotFound).
 Status Recover(core::FileSystem& fs, const std::string& path, State& state,
-               std::uint64_t* file_bytes) {
+               std::uint64_t* file_bytes, std::optional<std::uint64_t> volume_bytes) {
   BLKREP_ASSIGN_OR_RETURN(std::vector<std::byte> bytes, core::ReadWholeFile(fs, path));
   *file_bytes = bytes.size();
   Result<jf::FileHeader> header = jf::DecodeHeader(bytes);
   if (!header.ok()) return header.status();
+  // Bitmaps are sized from the header: bound it before allocating. Against
+  // the real volume when there is one (a volume may shrink, not by much),
+  // else a plausibility cap of 2^34 blocks (2 GiB per bitmap).
+  std::uint64_t blocks = header->volume_size_bytes / header->block_size_bytes + 1;
+  if (volume_bytes ? header->volume_size_bytes > 4 * *volume_bytes + (std::uint64_t{1} << 30)
+                   : blocks > (std::uint64_t{1} << 34)) {
+    return Status::Corruption("journal header claims a volume of " +
+                              std::to_string(header->volume_size_bytes) + " bytes" +
+                              (volume_bytes ? ", the volume has " + std::to_string(*volume_bytes) : ""));
+  }
   state.header = *header;
-  state.InitGeometry();
+  try {
+    state.InitGeometry();
+  } catch (const std::bad_alloc&) {
+    return Status::ResourceExhausted("not enough memory for the bitmaps of journal " + path);
+  }
   state.next_sequence = header->first_sequence;
   jf::RecordScanner scanner(bytes, jf::kHeaderBytes, header->first_sequence);
   Replayer replayer(state);
@@ -567,14 +599,6 @@ void AddBitsRecords(const DirtyBitmap& bits, jf::SetKind kind, std::uint32_t tar
   }
 }
 
-// Upper bound of the bytes AddBitsRecords writes for a range: raw words, the
-// larger of the two encodings, per chunk.
-std::uint64_t MaxBitsBytes(std::uint64_t count_blocks) {
-  std::uint64_t chunks = count_blocks / jf::kMaxBitsRecordBlocks + 2;
-  std::uint64_t words = count_blocks / 64 + 2 * chunks;
-  return chunks * jf::RecordBytes(32) + words * 8;
-}
-
 std::string IdentityMismatch(const State& s, const core::VolumeIdentity& now) {
   using Kind = core::VolumeIdentity::Kind;
   const jf::FileHeader& h = s.header;
@@ -638,7 +662,9 @@ Result<std::unique_ptr<Journal>> Journal::Open(core::FileSystem& fs, const std::
   if (options.al_slots == 0 || options.al_slots > jf::kMaxAlSlots) {
     return Status::InvalidArgument("activity log slots must be 1 to 65536");
   }
-  if (options.cap_bytes < jf::kMinCapBytes) return Status::InvalidArgument("journal cap must be at least 64K");
+  if (options.cap_bytes != 0 && options.cap_bytes < jf::kMinCapBytes) {
+    return Status::InvalidArgument("journal cap must be at least 64K");
+  }
 
   BLKREP_RETURN_IF_ERROR(fs.CreateDirectories(core::DirName(path)));
   std::unique_ptr<Journal> journal(new Journal(fs, path));
@@ -651,7 +677,7 @@ Result<std::unique_ptr<Journal>> Journal::Open(core::FileSystem& fs, const std::
   }
   State& s = *journal->state_;
   std::uint64_t old_bytes = 0;
-  Status recovered = Recover(fs, path, s, &old_bytes);
+  Status recovered = Recover(fs, path, s, &old_bytes, volume.identity.size_bytes);
   bool fresh = false;
   if (recovered.code() == core::Code::kNotFound) {
     fresh = true;
@@ -673,7 +699,6 @@ Result<std::unique_ptr<Journal>> Journal::Open(core::FileSystem& fs, const std::
     s.header.volume_size_bytes = volume.identity.size_bytes;
     s.header.extent_size_bytes = std::max(options.extent_size_bytes, block_size);
     s.header.al_slots = options.al_slots;
-    s.header.cap_bytes = options.cap_bytes;
     s.header.first_sequence = 1;
     s.header.created_unix_ns = NowUnixNs();
     s.InitGeometry();
@@ -690,7 +715,6 @@ Result<std::unique_ptr<Journal>> Journal::Open(core::FileSystem& fs, const std::
                                      s.header.volume_name + ", not " + volume.guest + "/" + volume.name);
     }
     // The cap and AL size may change between runs; the AL was folded.
-    s.header.cap_bytes = options.cap_bytes;
     if (s.header.al_slots != options.al_slots) {
       s.header.al_slots = options.al_slots;
       s.slot_extent.assign(options.al_slots, jf::kNoExtent);
@@ -707,6 +731,9 @@ Result<std::unique_ptr<Journal>> Journal::Open(core::FileSystem& fs, const std::
     }
     s.AbandonFrozen();
   }
+  s.header.cap_bytes = options.cap_bytes != 0
+                          ? options.cap_bytes
+                          : std::max<std::uint64_t>(64ULL << 20, 16 * ((s.block_count + 63) / 64 * 8));
   s.header.guest = volume.guest;
   s.header.volume_name = volume.name;
   s.header.volume_path = volume.path;
@@ -725,9 +752,10 @@ Result<std::unique_ptr<Journal>> Journal::Open(core::FileSystem& fs, const std::
   std::lock_guard log(journal->log_mu_);
   Status rewritten = journal->Rewrite(nullptr);
   if (!rewritten.ok()) return rewritten.WithContext("cannot write journal " + path);
-  if (journal->file_size_ > s.header.cap_bytes) {
+  if (journal->file_size_ > s.header.cap_bytes / 2) {
     journal->EnterDegraded("journal " + path + " overflowed its cap of " +
-                           std::to_string(s.header.cap_bytes) + " bytes with its checkpoint");
+                           std::to_string(s.header.cap_bytes) + " bytes (a checkpoint takes " +
+                           std::to_string(journal->file_size_) + ")");
   }
   return journal;
 }
@@ -735,7 +763,7 @@ Result<std::unique_ptr<Journal>> Journal::Open(core::FileSystem& fs, const std::
 Result<JournalReport> Journal::Read(core::FileSystem& fs, const std::string& path) {
   State s;
   std::uint64_t bytes = 0;
-  Status recovered = Recover(fs, path, s, &bytes);
+  Status recovered = Recover(fs, path, s, &bytes, std::nullopt);
   if (recovered.code() == core::Code::kCorruption) {
     JournalReport r;
     r.path = path;
@@ -759,18 +787,24 @@ void Journal::AddRecord(std::vector<std::byte>& out, jf::RecordType type,
 }
 
 Status Journal::Rewrite(const jf::Seal* seal) {
+  jf::FileHeader header;
+  std::uint64_t sequence;
   std::vector<std::byte> bytes;
   {
     std::lock_guard lock(mu_);
     State& s = *state_;
-    s.header.generation += 1;
-    s.header.first_sequence = s.next_sequence;
-    s.header.flags = s.degraded ? jf::kHeaderFlagResyncRequired : 0;
-    bytes = jf::EncodeHeader(s.header);
+    // The state's header and sequence change only once the new file has
+    // replaced the old one: until then they describe the old file.
+    header = s.header;
+    header.generation += 1;
+    header.first_sequence = s.next_sequence;
+    header.flags = s.degraded ? jf::kHeaderFlagResyncRequired : 0;
+    bytes = jf::EncodeHeader(header);
+    sequence = s.next_sequence;
     std::uint32_t count = 0;
     auto add = [&](jf::RecordType type, const std::vector<std::byte>& payload,
                    std::uint64_t epoch) {
-      AddRecord(bytes, type, payload, epoch);
+      jf::AppendRecord(bytes, type, sequence++, epoch, payload);
       ++count;
     };
     // The checkpoint carries the current epoch; a frozen cycle's FREEZE_END
@@ -817,7 +851,10 @@ Status Journal::Rewrite(const jf::Seal* seal) {
       }
     }
     if (seal) add(jf::RecordType::kSeal, jf::Encode(*seal), epoch);
-    // Everything in memory is now in the checkpoint: the AL starts empty.
+    // Everything in memory is in the checkpoint, so the AL starts empty; it
+    // empties now, atomically with the snapshot, so that writes after the
+    // snapshot take the slow path and wait for the new file. If the rewrite
+    // fails the caller degrades the journal, which then appends nothing.
     for (auto& extent : s.slot_extent) {
       if (extent != jf::kNoExtent) s.extent_slot[extent] = -1;
       extent = jf::kNoExtent;
@@ -829,10 +866,26 @@ Status Journal::Rewrite(const jf::Seal* seal) {
   BLKREP_RETURN_IF_ERROR(file->WriteAt(0, bytes));
   BLKREP_RETURN_IF_ERROR(file->Sync());
   BLKREP_RETURN_IF_ERROR(fs_.Rename(tmp, path_));
-  BLKREP_RETURN_IF_ERROR(fs_.SyncDir(core::DirName(path_)));
+  // The new file is the journal now (the rename may reach the disk even if
+  // the directory sync below fails).
+  jf::FileHeader old_header;
+  {
+    std::lock_guard lock(mu_);
+    old_header = state_->header;
+    state_->header = header;
+    state_->next_sequence = sequence;
+  }
+  std::unique_ptr<core::File> old_file = std::move(file_);
   file_ = std::move(file);
   file_size_ = bytes.size();
-  return Status::Ok();
+  Status synced = fs_.SyncDir(core::DirName(path_));
+  if (!synced.ok() && old_file) {
+    // Which file a crash leaves behind is unknown: the old one must carry
+    // the resync flag too (the caller flags the new one).
+    old_header.flags |= jf::kHeaderFlagResyncRequired;
+    if (old_file->WriteAt(0, jf::EncodeHeader(old_header)).ok()) (void)old_file->Sync();
+  }
+  return synced;
 }
 
 void Journal::EnterDegraded(const std::string& reason) {
@@ -845,8 +898,8 @@ void Journal::EnterDegraded(const std::string& reason) {
     s.header.flags |= jf::kHeaderFlagResyncRequired;
   }
   if (on_degraded_) on_degraded_(reason);
-  // Best effort: the flag lives in the header, rewritten in place, which
-  // needs no new space on the file system.
+  // Best effort: the flag lives in the header of the current file, rewritten
+  // in place, which needs no new space on the file system.
   if (file_) {
     std::vector<std::byte> header = jf::EncodeHeader(state_->header);
     if (file_->WriteAt(0, header).ok()) (void)file_->Sync();
@@ -864,16 +917,32 @@ Status Journal::AppendDurably(const std::vector<std::byte>& records) {
   return Status::Ok();
 }
 
-Status Journal::EnsureRoom(std::uint64_t bytes) {
-  if (file_size_ + bytes <= state_->header.cap_bytes) return Status::Ok();
+Status Journal::CompactOrDegrade() {
   Status rewritten = Rewrite(nullptr);
-  if (rewritten.ok() && file_size_ + bytes <= state_->header.cap_bytes) return Status::Ok();
-  std::string reason = rewritten.ok()
-                           ? "journal " + path_ + " overflowed its cap of " +
-                                 std::to_string(state_->header.cap_bytes) + " bytes"
-                           : "journal " + path_ + " compaction failed: " + rewritten.ToString();
-  EnterDegraded(reason);
-  return Status::ResourceExhausted(reason);
+  if (!rewritten.ok()) {
+    EnterDegraded("journal " + path_ + " compaction failed: " + rewritten.ToString());
+    return rewritten;
+  }
+  // A checkpoint must leave room for records, or every append would
+  // compact again.
+  if (file_size_ > state_->header.cap_bytes / 2) {
+    std::string reason = "journal " + path_ + " overflowed its cap of " +
+                         std::to_string(state_->header.cap_bytes) + " bytes (a checkpoint takes " +
+                         std::to_string(file_size_) + ")";
+    EnterDegraded(reason);
+    return Status::ResourceExhausted(reason);
+  }
+  return Status::Ok();
+}
+
+Result<bool> Journal::Persist(const std::vector<std::byte>& records) {
+  if (file_size_ + records.size() <= state_->header.cap_bytes) {
+    BLKREP_RETURN_IF_ERROR(AppendDurably(records));
+    return true;
+  }
+  // The change is already in memory: the checkpoint captures it.
+  BLKREP_RETURN_IF_ERROR(CompactOrDegrade());
+  return false;
 }
 
 Status Journal::MarkDirty(std::uint64_t offset_bytes, std::uint64_t length_bytes) {
@@ -884,10 +953,10 @@ Status Journal::MarkDirty(std::uint64_t offset_bytes, std::uint64_t length_bytes
     BLKREP_RETURN_IF_ERROR(core::CheckRange(offset_bytes, length_bytes,
                                             s.header.volume_size_bytes, "mark dirty"));
     if (length_bytes == 0) return Status::Ok();
-    first_block = offset_bytes / s.header.block_size_bytes;
-    end_block = (offset_bytes + length_bytes - 1) / s.header.block_size_bytes + 1;
-    std::uint64_t e0 = first_block / s.blocks_per_extent;
-    std::uint64_t e1 = (end_block - 1) / s.blocks_per_extent;
+    first_block = offset_bytes >> s.block_shift;
+    end_block = ((offset_bytes + length_bytes - 1) >> s.block_shift) + 1;
+    std::uint64_t e0 = first_block >> s.extent_shift;
+    std::uint64_t e1 = (end_block - 1) >> s.extent_shift;
     bool all_hot = true;
     for (std::uint64_t e = e0; e <= e1; ++e) {
       std::int32_t slot = s.extent_slot[e];
@@ -907,36 +976,22 @@ Status Journal::MarkDirty(std::uint64_t offset_bytes, std::uint64_t length_bytes
 
 Status Journal::MarkDirtySlow(std::uint64_t first_block, std::uint64_t end_block) {
   std::lock_guard log(log_mu_);
-  std::uint64_t e0, e1, set_count;
-  {
-    std::lock_guard lock(mu_);
-    State& s = *state_;
-    e0 = first_block / s.blocks_per_extent;
-    e1 = (end_block - 1) / s.blocks_per_extent;
-    set_count = 1 + s.targets.size();
-  }
-  std::uint64_t swap_bytes = jf::RecordBytes(32 + set_count * (8 + 8ULL * state_->WordsPerExtent()));
-  std::uint64_t worst = std::max((e1 - e0 + 1) * swap_bytes,
-                                 set_count * MaxBitsBytes(end_block - first_block));
-  if (!state_->degraded && !closed_) (void)EnsureRoom(worst);  // failure degrades
-
   std::vector<std::byte> records;
   std::vector<std::pair<std::uint64_t, std::uint32_t>> becoming_hot;
   {
     std::lock_guard lock(mu_);
     State& s = *state_;
-    if (s.degraded || closed_) {
-      s.SetDirty(first_block, end_block);
-      return Status::Ok();
-    }
+    // The bits are set now, before they are durable: nobody reads them
+    // before this call returns except a checkpoint, which persists them.
+    s.SetDirty(first_block, end_block);
+    if (s.degraded || closed_) return Status::Ok();
+    std::uint64_t e0 = first_block / s.blocks_per_extent;
+    std::uint64_t e1 = (end_block - 1) / s.blocks_per_extent;
     std::vector<std::uint64_t> cold;
     for (std::uint64_t e = e0; e <= e1; ++e) {
       if (s.extent_slot[e] < 0) cold.push_back(e);
     }
-    if (cold.empty()) {  // another writer made them hot meanwhile
-      s.SetDirty(first_block, end_block);
-      return Status::Ok();
-    }
+    if (cold.empty()) return Status::Ok();  // another writer made them hot meanwhile
     if (e1 - e0 + 1 > s.header.al_slots) {
       // More extents than the AL holds: persist the bits themselves.
       DirtyBitmap range(s.block_count);
@@ -970,17 +1025,15 @@ Status Journal::MarkDirtySlow(std::uint64_t first_block, std::uint64_t end_block
         swap.old_extent = s.slot_extent[slot];
         if (swap.old_extent != jf::kNoExtent) {
           std::uint64_t first = s.ExtentFirstBlock(swap.old_extent);
+          std::uint64_t valid = s.ExtentBlockCount(swap.old_extent);
           swap.words_per_set = s.WordsPerExtent();
           auto capture = [&](jf::SetKind kind, std::uint32_t id, const DirtyBitmap& bits) {
             jf::AlSwap::SetBits set{kind, id, std::vector<std::uint64_t>(swap.words_per_set)};
             for (std::uint32_t w = 0; w < swap.words_per_set; ++w) {
-              set.words[w] = bits.Word(first + 64ULL * w);
-            }
-            std::uint64_t valid = s.ExtentBlockCount(swap.old_extent);
-            for (std::uint32_t w = 0; w < swap.words_per_set; ++w) {
               std::uint64_t start = 64ULL * w;
-              if (start >= valid) set.words[w] = 0;
-              else if (valid - start < 64) set.words[w] &= (std::uint64_t{1} << (valid - start)) - 1;
+              std::uint64_t word = start < valid ? bits.Word(first + start) : 0;
+              if (start < valid && valid - start < 64) word &= (std::uint64_t{1} << (valid - start)) - 1;
+              set.words[w] = word;
             }
             swap.sets.push_back(std::move(set));
           };
@@ -996,14 +1049,14 @@ Status Journal::MarkDirtySlow(std::uint64_t first_block, std::uint64_t end_block
       }
     }
   }
-  Status appended = AppendDurably(records);
-  std::lock_guard lock(mu_);
-  State& s = *state_;
-  if (appended.ok()) {
-    for (auto [extent, slot] : becoming_hot) s.extent_slot[extent] = static_cast<std::int32_t>(slot);
+  Result<bool> appended = Persist(records);
+  if (appended.ok() && *appended) {
+    std::lock_guard lock(mu_);
+    for (auto [extent, slot] : becoming_hot) state_->extent_slot[extent] = static_cast<std::int32_t>(slot);
   }
-  s.SetDirty(first_block, end_block);
-  return Status::Ok();  // a failed append degraded the journal (resync-required)
+  // Not appended: a checkpoint holds the bits exactly (the AL is empty), or
+  // the journal degraded to resync-required. Either way the change is safe.
+  return Status::Ok();
 }
 
 Status Journal::AddTarget(const std::string& name) {
@@ -1013,71 +1066,66 @@ Status Journal::AddTarget(const std::string& name) {
   std::lock_guard log(log_mu_);
   if (closed_) return Status::Aborted("journal " + path_ + " is closed");
   std::vector<std::byte> records;
-  jf::TargetRecord tr;
+  std::uint32_t id = 1;
   {
     std::lock_guard lock(mu_);
     State& s = *state_;
     if (s.FindTarget(name)) return Status::InvalidArgument("target " + name + " already exists");
     if (s.targets.size() >= jf::kMaxTargets) return Status::ResourceExhausted("too many targets");
-    tr.target_id = s.next_target_id;
+    while (s.FindTarget(id)) ++id;  // the lowest free id; never kAllTargets
+    TargetData t;
+    t.id = id;
+    t.name = name;
+    t.needs_full = true;
+    t.live = DirtyBitmap(s.block_count, true);  // everything: the first cycle is full
+    s.targets.push_back(std::move(t));
+    s.base_unknown = false;
+    if (s.degraded) {
+      s.MarkResync(s.targets.back(), "journal " + path_ + " is degraded");
+      return Status::Ok();
+    }
+    jf::TargetRecord tr;
+    tr.target_id = id;
     tr.flags = jf::kTargetFlagNeedsFull;
     tr.name = name;
+    AddRecord(records, jf::RecordType::kTarget, jf::Encode(tr));
   }
-  BLKREP_RETURN_IF_ERROR(EnsureRoom(jf::RecordBytes(16 + 2 * jf::kMaxNameBytes)));
-  bool degraded;
-  {
+  Result<bool> persisted = Persist(records);
+  if (!persisted.ok()) {
     std::lock_guard lock(mu_);
-    degraded = state_->degraded;
-    if (!degraded) AddRecord(records, jf::RecordType::kTarget, jf::Encode(tr));
+    auto& targets = state_->targets;
+    targets.erase(std::find_if(targets.begin(), targets.end(),
+                               [&](const TargetData& x) { return x.id == id; }));
+    return persisted.status().WithContext("cannot add target " + name);
   }
-  if (!degraded) {
-    // The target exists in memory only once its record is durable; writes
-    // meanwhile are covered, since its bitmap starts all set.
-    Status appended = AppendDurably(records);
-    if (!appended.ok()) return appended.WithContext("cannot add target " + name);
-  }
-  std::lock_guard lock(mu_);
-  State& s = *state_;
-  TargetData t;
-  t.id = tr.target_id;
-  t.name = name;
-  t.needs_full = true;
-  t.live = DirtyBitmap(s.block_count, true);
-  s.targets.push_back(std::move(t));
-  s.next_target_id = tr.target_id + 1;
-  s.base_unknown = false;
-  if (s.degraded) s.MarkResync(s.targets.back(), "journal " + path_ + " is degraded");
   return Status::Ok();
 }
 
 Status Journal::RemoveTarget(const std::string& name) {
   std::lock_guard log(log_mu_);
   if (closed_) return Status::Aborted("journal " + path_ + " is closed");
-  (void)EnsureRoom(jf::RecordBytes(8));
   std::vector<std::byte> records;
-  std::uint32_t id;
   {
     std::lock_guard lock(mu_);
     State& s = *state_;
     TargetData* t = s.FindTarget(name);
     if (!t) return Status::NotFound("no target " + name + " in journal " + path_);
-    id = t->id;
+    std::uint32_t id = t->id;
     if (!s.degraded) AddRecord(records, jf::RecordType::kTargetRemove, jf::Encode(jf::TargetRemove{id}));
+    s.targets.erase(std::find_if(s.targets.begin(), s.targets.end(),
+                                 [&](const TargetData& x) { return x.id == id; }));
   }
-  // A removal that could not be written degrades the journal (and is done in
-  // memory anyway): the target's bits are no longer anybody's business.
-  if (!records.empty()) (void)AppendDurably(records);
-  std::lock_guard lock(mu_);
-  auto& targets = state_->targets;
-  targets.erase(std::find_if(targets.begin(), targets.end(),
-                             [&](const TargetData& x) { return x.id == id; }));
+  // Removed in memory either way: a removal that is not durable only
+  // brings the target back after a crash, which is harmless.
+  if (!records.empty()) return Persist(records).status();
   return Status::Ok();
 }
 
 Result<FrozenCycle> Journal::Freeze(const std::string& target) {
   std::lock_guard log(log_mu_);
   if (closed_) return Status::Aborted("journal " + path_ + " is closed");
-  std::uint64_t worst;
+  std::vector<std::byte> records;
+  FrozenCycle cycle;
   {
     std::lock_guard lock(mu_);
     State& s = *state_;
@@ -1087,16 +1135,7 @@ Result<FrozenCycle> Journal::Freeze(const std::string& target) {
       return Status::InvalidArgument("target " + target + " already has cycle " +
                                      std::to_string(t->frozen_epoch) + " frozen");
     }
-    worst = MaxBitsBytes(s.block_count) + 2 * jf::RecordBytes(64);
-  }
-  BLKREP_RETURN_IF_ERROR(EnsureRoom(worst));
-  std::vector<std::byte> records;
-  FrozenCycle cycle;
-  {
-    std::lock_guard lock(mu_);
-    State& s = *state_;
     if (s.degraded) return Status::Aborted("journal " + path_ + " is degraded: a resync is required");
-    TargetData* t = s.FindTarget(target);
     cycle.target = target;
     cycle.mode = t->needs_resync ? CycleMode::kResync
                  : t->needs_full ? CycleMode::kFull
@@ -1114,17 +1153,18 @@ Result<FrozenCycle> Journal::Freeze(const std::string& target) {
     t->frozen_epoch = cycle.epoch;
     t->frozen_mode = cycle.mode;
     t->frozen_bits = cycle.blocks;
+    t->resync_raised_while_frozen = false;
     t->live.ClearAll();
     s.epoch = cycle.epoch;
   }
-  Status appended = AppendDurably(records);
-  if (!appended.ok()) {
+  Result<bool> persisted = Persist(records);
+  if (!persisted.ok()) {
     std::lock_guard lock(mu_);
     TargetData* t = state_->FindTarget(target);
     t->live.Or(t->frozen_bits);
     t->frozen = false;
     t->frozen_bits = DirtyBitmap();
-    return appended.WithContext("cannot freeze cycle for target " + target);
+    return persisted.status().WithContext("cannot freeze cycle for target " + target);
   }
   return cycle;
 }
@@ -1132,8 +1172,8 @@ Result<FrozenCycle> Journal::Freeze(const std::string& target) {
 Status Journal::Commit(const std::string& target, std::uint64_t epoch) {
   std::lock_guard log(log_mu_);
   if (closed_) return Status::Aborted("journal " + path_ + " is closed");
-  BLKREP_RETURN_IF_ERROR(EnsureRoom(jf::RecordBytes(16)));
   std::vector<std::byte> records;
+  TargetData before;
   {
     std::lock_guard lock(mu_);
     State& s = *state_;
@@ -1145,10 +1185,21 @@ Status Journal::Commit(const std::string& target, std::uint64_t epoch) {
     }
     if (s.degraded) return Status::Aborted("journal " + path_ + " is degraded: a resync is required");
     AddRecord(records, jf::RecordType::kCommit, jf::Encode(jf::CycleEnd{t->id, epoch}));
+    before = *t;
+    Replayer::ApplyCommit(*t);
   }
-  BLKREP_RETURN_IF_ERROR(AppendDurably(records));
-  std::lock_guard lock(mu_);
-  Replayer::ApplyCommit(*state_->FindTarget(target));
+  Result<bool> persisted = Persist(records);
+  if (!persisted.ok()) {
+    // Not durable: the cycle stays frozen (a crash would abandon it).
+    std::lock_guard lock(mu_);
+    if (TargetData* t = state_->FindTarget(target)) {
+      DirtyBitmap live = std::move(t->live);
+      *t = std::move(before);
+      t->live = std::move(live);
+    }
+    return persisted.status().WithContext("cannot commit cycle " + std::to_string(epoch) +
+                                          " for target " + target);
+  }
   return Status::Ok();
 }
 
@@ -1169,19 +1220,17 @@ Status Journal::Abort(const std::string& target, std::uint64_t epoch) {
     t->live.Or(t->frozen_bits);
     t->frozen = false;
     t->frozen_bits = DirtyBitmap();
-    if (s.degraded || closed_ || file_size_ + jf::RecordBytes(16) > s.header.cap_bytes) {
-      return Status::Ok();
-    }
+    t->resync_raised_while_frozen = false;
+    if (s.degraded || closed_) return Status::Ok();
     AddRecord(records, jf::RecordType::kAbort, jf::Encode(jf::CycleEnd{t->id, epoch}));
   }
-  (void)AppendDurably(records);
+  (void)Persist(records);  // a failure degrades; the abort stands
   return Status::Ok();
 }
 
 Status Journal::RequireResync(const std::string& target, const std::string& reason) {
   std::lock_guard log(log_mu_);
   if (closed_) return Status::Aborted("journal " + path_ + " is closed");
-  (void)EnsureRoom(jf::RecordBytes(16 + jf::kMaxReasonBytes));
   std::vector<std::byte> records;
   {
     std::lock_guard lock(mu_);
@@ -1201,16 +1250,15 @@ Status Journal::RequireResync(const std::string& target, const std::string& reas
   }
   // A failure degrades the journal, which marks every target resync-required:
   // the request is honoured either way.
-  (void)AppendDurably(records);
+  (void)Persist(records);
   return Status::Ok();
 }
 
 Status Journal::Checkpoint() {
   std::lock_guard log(log_mu_);
   if (closed_) return Status::Aborted("journal " + path_ + " is closed");
-  Status rewritten = Rewrite(nullptr);
-  if (!rewritten.ok()) EnterDegraded("journal " + path_ + " checkpoint failed: " + rewritten.ToString());
-  return rewritten;
+  if (state_->degraded) return Status::Aborted("journal " + path_ + " is degraded: a resync is required");
+  return CompactOrDegrade();
 }
 
 Status Journal::Close(const core::VolumeIdentity& final_identity) {
@@ -1238,7 +1286,10 @@ Status Journal::Close(const core::VolumeIdentity& final_identity) {
   // resync-required reasons.
   Status rewritten = Rewrite(&seal);
   closed_ = true;
-  if (!rewritten.ok()) return rewritten.WithContext("cannot seal journal " + path_);
+  if (!rewritten.ok()) {
+    EnterDegraded("journal " + path_ + " could not be sealed: " + rewritten.ToString());
+    return rewritten.WithContext("cannot seal journal " + path_);
+  }
   return Status::Ok();
 }
 

@@ -28,6 +28,7 @@
 // the log mutex, which is always taken before the state mutex.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -53,7 +54,9 @@ struct JournalOptions {
   std::uint32_t block_size_bytes = 0;
   std::uint32_t extent_size_bytes = 4U << 20;
   std::uint32_t al_slots = 1024;
-  std::uint64_t cap_bytes = 64ULL << 20;
+  // The journal's size cap. 0: max(64 MiB, 16 raw bitmaps of the volume).
+  // A checkpoint must fit in half of it, or the journal overflows.
+  std::uint64_t cap_bytes = 0;
   // Called (from the thread that met the problem) when the journal degrades
   // to resync-required. Default: a "blkrep: warning:" line on stderr.
   std::function<void(const std::string&)> on_degraded;
@@ -178,9 +181,20 @@ class Journal {
   Journal(core::FileSystem& fs, std::string path);
 
   // All REQUIRE log_mu_.
-  core::Status AppendDurably(const std::vector<std::byte>& records);
+  //
+  // Writes the state as it is in memory (plus `seal`) as a checkpoint into a
+  // new file that atomically replaces the journal. The state's header,
+  // sequence and file change only once the rename succeeded.
   core::Status Rewrite(const journal_format::Seal* seal);
-  core::Status EnsureRoom(std::uint64_t bytes);
+  // Appends and syncs; a failure degrades the journal.
+  core::Status AppendDurably(const std::vector<std::byte>& records);
+  // Rewrite, degrading the journal if that fails or the checkpoint leaves
+  // no room under the cap.
+  core::Status CompactOrDegrade();
+  // Makes a change that is already in memory durable: appends `records` if
+  // they fit under the cap (true), else compacts so the checkpoint holds the
+  // change (false). An error means the journal degraded.
+  core::Result<bool> Persist(const std::vector<std::byte>& records);
   void EnterDegraded(const std::string& reason);
   core::Status MarkDirtySlow(std::uint64_t first_block, std::uint64_t end_block);
   // Builds one record with the next sequence number. REQUIRES mu_ too.
@@ -195,8 +209,9 @@ class Journal {
   std::function<void(const std::string&)> on_degraded_;
   std::mutex log_mu_;                  // serializes writers of the file
   std::unique_ptr<core::File> file_;   // GUARDED_BY(log_mu_)
-  std::uint64_t file_size_ = 0;        // GUARDED_BY(log_mu_)
-  bool closed_ = false;                // GUARDED_BY(log_mu_)
+  // Written under log_mu_; atomic so Report() may read them under mu_ only.
+  std::atomic<std::uint64_t> file_size_ = 0;
+  std::atomic<bool> closed_ = false;
   mutable std::mutex mu_;              // guards state_
   std::unique_ptr<State> state_;       // GUARDED_BY(mu_)
 };
