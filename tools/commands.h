@@ -8,5 +8,6 @@
 namespace blkrep::tools {
 
 int JournalCommand(const std::vector<std::string>& argv);
+int TrackCommand(const std::vector<std::string>& argv);
 
 }  // namespace blkrep::tools

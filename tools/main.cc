@@ -12,6 +12,8 @@ constexpr const char* kUsage =
     "usage: blkrep <command> [options]\n"
     "\n"
     "commands:\n"
+    "  track GUEST NAME=VOLUME... --nbd-socket PATH [--nbd-listen HOST:PORT] [--block-size SIZE]\n"
+    "                                     serve the volumes over NBD, tracking every write\n"
     "  journal inspect GUEST [--json]     what the journal of GUEST holds\n"
     "  journal write GUEST NAME=VOLUME --offset SIZE --length SIZE [...]\n"
     "                                     write to a volume through the tracking layer\n"
@@ -30,6 +32,7 @@ int main(int argc, char** argv) {
   std::string command = args[0];
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (command == "journal") return blkrep::tools::JournalCommand(rest);
+  if (command == "track") return blkrep::tools::TrackCommand(rest);
   if (command == "version" || command == "--version") {
     std::printf("blkrep %s\n", BLKREP_VERSION);
     return blkrep::tools::kExitOk;

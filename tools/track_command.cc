@@ -1,0 +1,194 @@
+// `blkrep track`: the foreground tracker of one guest (CONTRACT.md).
+//
+// Opens every volume and its journal (recovering it), serves the volumes as
+// NBD exports, answers the control socket, and on SIGTERM/SIGINT finishes
+// in-flight requests, flushes the volumes, seals the journals and exits 0.
+#include <signal.h>
+
+#include <cstdio>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/fault_injecting_file_system.h"
+#include "core/file_block_device.h"
+#include "core/file_system.h"
+#include "core/units.h"
+#include "tools/cli.h"
+#include "tools/commands.h"
+#include "tracker/control_socket.h"
+#include "tracker/journal.h"
+#include "tracker/journal_format.h"
+#include "tracker/layout.h"
+#include "tracker/nbd_server.h"
+#include "tracker/report_format.h"
+
+namespace blkrep::tools {
+namespace {
+
+using core::Status;
+
+constexpr const char* kUsage =
+    "usage: blkrep track GUEST NAME=VOLUME [NAME=VOLUME ...] --nbd-socket PATH "
+    "[--nbd-listen HOST:PORT] [--block-size SIZE] [--journal-cap SIZE] "
+    "[--io-engine auto|io_uring|threads] [--state-dir DIR]";
+
+struct Volume {
+  std::string name;
+  std::string path;
+  std::unique_ptr<core::FileBlockDevice> device;
+  std::unique_ptr<tracker::Journal> journal;
+};
+
+// Test hook: "enospc" (journal writes that grow a file fail) or
+// "eio-after:N" (every journal write after N more fails), armed once the
+// journals are open. It exercises invariant 3 on the real process.
+Status ArmJournalFaults(core::FaultInjectingFileSystem& fs, const std::string& spec) {
+  if (spec == "enospc") {
+    fs.FailExtendingWrites(ENOSPC);
+    return Status::Ok();
+  }
+  if (spec.rfind("eio-after:", 0) == 0) {
+    auto n = core::ParseSize(spec.substr(10));
+    if (!n.ok()) return Status::InvalidArgument("--journal-faults: bad count in '" + spec + "'");
+    fs.FailAfter(core::FileOp::kWrite, *n, EIO);
+    fs.FailAfter(core::FileOp::kSync, *n, EIO);
+    return Status::Ok();
+  }
+  return Status::InvalidArgument("--journal-faults: expected enospc or eio-after:N, got '" + spec + "'");
+}
+
+}  // namespace
+
+int TrackCommand(const std::vector<std::string>& argv) {
+  auto args = ParseArgs(argv,
+                        {"state-dir", "nbd-socket", "nbd-listen", "block-size", "journal-cap", "io-engine",
+                         "queue-depth", "journal-faults"},
+                        {});
+  if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
+  if (args->positional.size() < 2 || !args->Value("nbd-socket")) {
+    return ReportError(Status::InvalidArgument(kUsage));
+  }
+  const std::string guest = args->positional[0];
+  if (!tracker::journal_format::IsValidName(guest)) {
+    return ReportError(Status::InvalidArgument("invalid guest name '" + guest + "'"));
+  }
+  tracker::JournalOptions journal_options;
+  if (auto b = args->Value("block-size")) {
+    auto size = core::ParseSize(*b);
+    if (!size.ok() || *size < 4096 || *size > (1U << 20) || (*size & (*size - 1)) != 0) {
+      return ReportError(Status::InvalidArgument("--block-size must be a power of two from 4K to 1M"));
+    }
+    journal_options.block_size_bytes = static_cast<std::uint32_t>(*size);
+  }
+  if (auto c = args->Value("journal-cap")) {
+    auto size = core::ParseSize(*c);
+    if (!size.ok() || *size < (64 << 10)) {
+      return ReportError(Status::InvalidArgument("--journal-cap must be at least 64K"));
+    }
+    journal_options.cap_bytes = *size;
+  }
+  tracker::NbdServerOptions server_options;
+  server_options.unix_socket = *args->Value("nbd-socket");
+  server_options.tcp_listen = args->Value("nbd-listen").value_or("");
+  if (auto engine = args->Value("io-engine")) {
+    if (*engine == "io_uring") server_options.backend = core::IoBackendKind::kIoUring;
+    else if (*engine == "threads") server_options.backend = core::IoBackendKind::kSync;
+    else if (*engine != "auto") return ReportError(Status::InvalidArgument("--io-engine: auto, io_uring or threads"));
+  }
+  if (auto depth = args->Value("queue-depth")) {
+    auto n = core::ParseSize(*depth);
+    if (!n.ok() || *n == 0 || *n > 4096) return ReportError(Status::InvalidArgument("--queue-depth: 1 to 4096"));
+    server_options.queue_depth = static_cast<unsigned>(*n);
+  }
+
+  std::vector<Volume> volumes;
+  std::set<std::string> names;
+  for (std::size_t i = 1; i < args->positional.size(); ++i) {
+    auto named = ParseNameEqualsVolume(args->positional[i]);
+    if (!named.ok()) return ReportError(named.status());
+    if (!tracker::journal_format::IsValidName(named->first)) {
+      return ReportError(Status::InvalidArgument("invalid volume name '" + named->first + "'"));
+    }
+    if (!names.insert(named->first).second) {
+      return ReportError(Status::InvalidArgument("volume name " + named->first + " is given twice"));
+    }
+    volumes.push_back(Volume{named->first, named->second, nullptr, nullptr});
+  }
+
+  // Signals are taken by sigwait below; every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  const std::string state_dir = StateDir(*args);
+  core::FaultInjectingFileSystem fs(core::PosixFileSystemInstance());
+  std::vector<tracker::NbdExport> exports;
+  for (auto& v : volumes) {
+    core::FileBlockDeviceOptions device_options;
+    device_options.direct_io = false;  // the page cache, like qemu-nbd's default
+    auto device = core::FileBlockDevice::Open(v.path, device_options);
+    if (!device.ok()) return ReportError(device.status());
+    v.device = std::move(device).value();
+    auto identity = v.device->Identity();
+    if (!identity.ok()) return ReportError(identity.status());
+    tracker::VolumeDescriptor descriptor{guest, v.name, v.path, *identity};
+    auto journal = tracker::Journal::Open(fs, tracker::JournalPath(state_dir, guest, v.name), descriptor,
+                                          journal_options);
+    if (!journal.ok()) return ReportError(journal.status().WithContext("volume " + v.name));
+    v.journal = std::move(journal).value();
+    tracker::JournalReport report = v.journal->Report();
+    if (report.resync_required) {
+      std::fprintf(stderr, "blkrep: warning: %s/%s requires a resync: %s\n", guest.c_str(), v.name.c_str(),
+                   report.resync_reason.c_str());
+    }
+    exports.push_back(tracker::NbdExport{v.name, v.device.get(), v.journal.get()});
+  }
+  if (auto faults = args->Value("journal-faults")) {
+    Status armed = ArmJournalFaults(fs, *faults);
+    if (!armed.ok()) return ReportError(armed);
+  }
+
+  tracker::ControlServer control([&](const std::string& request) -> std::string {
+    if (request != "inspect json" && request != "inspect text") return "error: unknown request\n";
+    tracker::GuestReport report{guest, {}};
+    for (auto& v : volumes) report.volumes.push_back(v.journal->Report());
+    return request == "inspect json" ? tracker::GuestReportJson(report) : tracker::GuestReportText(report);
+  });
+  Status controlled = control.Start(tracker::ControlSocketPath(state_dir, guest));
+  if (!controlled.ok()) return ReportError(controlled);
+
+  tracker::NbdServer server(std::move(exports), server_options);
+  Status started = server.Start();
+  if (!started.ok()) return ReportError(started);
+  std::string names_text;
+  for (const auto& v : volumes) names_text += (names_text.empty() ? "" : ", ") + v.name;
+  std::fprintf(stderr, "blkrep: tracking %s (%s) on %s%s%s, I/O on %s\n", guest.c_str(), names_text.c_str(),
+               server_options.unix_socket.c_str(), server.tcp_address().empty() ? "" : " and tcp ",
+               server.tcp_address().c_str(), std::string(server.io_engine()).c_str());
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+
+  server.Shutdown();
+  control.Stop();
+  int status = kExitOk;
+  for (auto& v : volumes) {
+    Status flushed = v.device->Flush();
+    if (!flushed.ok()) status = ReportError(flushed.WithContext("flush " + v.path));
+    auto identity = v.device->Identity();
+    Status sealed = identity.ok() ? v.journal->Close(*identity) : identity.status();
+    if (!sealed.ok()) status = ReportError(sealed.WithContext("volume " + v.name));
+  }
+  if (status == kExitOk) {
+    std::fprintf(stderr, "blkrep: stopped tracking %s (signal %d); journals sealed\n", guest.c_str(),
+                 signal_number);
+  }
+  return status;
+}
+
+}  // namespace blkrep::tools

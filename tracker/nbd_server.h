@@ -1,0 +1,82 @@
+// NbdServer: serves a guest's volumes as NBD exports, every write tracked.
+//
+// Design note. One process per guest. Listeners (a unix socket, and TCP if
+// asked) accept connections; each connection gets a thread that runs the
+// fixed-newstyle handshake and then reads requests. Every request passes
+// nbd::ValidateRequest before anything else; a WRITE, TRIM or WRITE_ZEROES
+// is marked dirty in its volume's journal — which returns once that is
+// durable — before it is issued to the volume (invariant 1). Reads, writes
+// and flushes go to the AsyncIo engine (io_uring, or a thread pool) so many
+// are in flight per connection; the engine's completion thread sends the
+// replies. A connection holds at most kMaxInFlightBytes of request buffers.
+//
+// FLUSH is an fdatasync of the volume, which covers writes completed on any
+// connection, so CAN_MULTI_CONN is advertised. FUA writes use RWF_DSYNC.
+//
+// Thread safety: Start and Shutdown from one thread; everything else is
+// internal.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/async_io.h"
+#include "core/file_block_device.h"
+#include "core/status.h"
+#include "tracker/journal.h"
+
+namespace blkrep::tracker {
+
+struct NbdExport {
+  std::string name;
+  core::FileBlockDevice* device = nullptr;  // not owned
+  Journal* journal = nullptr;               // not owned
+};
+
+struct NbdServerOptions {
+  std::string unix_socket;   // required
+  std::string tcp_listen;    // "HOST:PORT", ":PORT" or "PORT"; empty: none
+  core::IoBackendKind backend = core::IoBackendKind::kAuto;
+  unsigned queue_depth = 64;
+};
+
+class NbdServer {
+ public:
+  static constexpr std::uint64_t kMaxInFlightBytes = 96ULL << 20;
+
+  NbdServer(std::vector<NbdExport> exports, NbdServerOptions options);
+  ~NbdServer();
+  NbdServer(const NbdServer&) = delete;
+  NbdServer& operator=(const NbdServer&) = delete;
+
+  // Binds the listeners and starts accepting.
+  core::Status Start();
+  // Stops accepting, lets every connection finish its in-flight requests,
+  // closes them and joins every thread.
+  void Shutdown();
+
+  std::string_view io_engine() const;
+  std::string tcp_address() const { return tcp_address_; }
+
+  struct Connection;  // defined in the .cc
+
+ private:
+  void AcceptLoop(int listen_fd);
+
+  std::vector<NbdExport> exports_;
+  NbdServerOptions options_;
+  std::unique_ptr<core::AsyncIo> io_;
+  std::vector<int> listen_fds_;
+  std::vector<std::thread> acceptors_;
+  std::atomic<bool> stopping_ = false;
+  std::mutex connections_mu_;
+  std::vector<std::shared_ptr<Connection>> connections_;  // GUARDED_BY(connections_mu_)
+  std::string tcp_address_;
+};
+
+}  // namespace blkrep::tracker
