@@ -7,7 +7,8 @@ packages="g++ cmake make pkg-config
   liburing-dev libblkid-dev libzstd-dev libxxhash-dev
   libprotobuf-dev protobuf-compiler libsqlite3-dev
   libgtest-dev libgmock-dev nlohmann-json3-dev
-  e2fsprogs util-linux xxd"
+  e2fsprogs util-linux xxd
+  qemu-utils libnbd-bin python3-libnbd nbdfuse fuse3 fio"
 
 missing=""
 for p in $packages; do
