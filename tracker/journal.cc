@@ -296,6 +296,9 @@ class Replayer {
     auto it = std::find_if(s_.targets.begin(), s_.targets.end(),
                            [&](const TargetData& t) { return t.id == p.target_id; });
     if (it == s_.targets.end()) return Status::Corruption("TARGET_REMOVE of an unknown target");
+    if (pending_ && pending_->target_id == p.target_id) {
+      return Status::Corruption("TARGET_REMOVE inside a freeze of that target");
+    }
     s_.targets.erase(it);
     return Status::Ok();
   }
@@ -394,6 +397,7 @@ class Replayer {
                                 std::to_string(pending_->bits.Count()));
     }
     TargetData* t = s_.FindTarget(p.target_id);
+    if (!t) return Status::Corruption("FREEZE_END for an unknown target");
     t->frozen = true;
     t->frozen_epoch = r.epoch;
     t->frozen_mode = pending_->mode;
@@ -482,10 +486,12 @@ Status Recover(core::FileSystem& fs, const std::string& path, State& state,
   if (!header.ok()) return header.status();
   // Bitmaps are sized from the header: bound it before allocating. Against
   // the real volume when there is one (a volume may shrink, not by much),
-  // else a plausibility cap of 2^34 blocks (2 GiB per bitmap).
+  // else (inspect) 512 MiB for the base bitmap and the extent map.
   std::uint64_t blocks = header->volume_size_bytes / header->block_size_bytes + 1;
+  std::uint64_t extents = header->volume_size_bytes / header->extent_size_bytes + 1;
+  std::uint64_t map_bytes = blocks / 8 + extents * 4;  // the base bitmap and the extent map
   if (volume_bytes ? header->volume_size_bytes > 4 * *volume_bytes + (std::uint64_t{1} << 30)
-                   : blocks > (std::uint64_t{1} << 34)) {
+                   : map_bytes > (std::uint64_t{512} << 20)) {
     return Status::Corruption("journal header claims a volume of " +
                               std::to_string(header->volume_size_bytes) + " bytes" +
                               (volume_bytes ? ", the volume has " + std::to_string(*volume_bytes) : ""));
@@ -1196,6 +1202,8 @@ Status Journal::Commit(const std::string& target, std::uint64_t epoch) {
       DirtyBitmap live = std::move(t->live);
       *t = std::move(before);
       t->live = std::move(live);
+      // The failure degraded the journal: that resync flag stands.
+      if (state_->degraded) state_->MarkResync(*t, state_->base_reason);
     }
     return persisted.status().WithContext("cannot commit cycle " + std::to_string(epoch) +
                                           " for target " + target);
