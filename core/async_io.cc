@@ -100,6 +100,8 @@ class UringIo final : public AsyncIo {
     int rc = io_uring_queue_init(depth, &io->ring_, 0);
     if (rc < 0) return ErrnoStatus(rc, "io_uring_queue_init");
     io->initialized_ = true;
+    // Never more in flight than the completion queue holds: no overflow.
+    io->max_in_flight_ = io->ring_.cq.ring_entries;
     io->reaper_ = std::thread([p = io.get()] { p->Reap(); });
     return std::unique_ptr<AsyncIo>(std::move(io));
   }
@@ -114,8 +116,11 @@ class UringIo final : public AsyncIo {
     reaper_.join();
     io_uring_queue_exit(&ring_);
   }
+  // Blocks while the completion queue is full (REQUIRES: not called from a
+  // `done` callback).
   void Submit(AsyncOp* op) override {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
+    space_.wait(lock, [&] { return in_flight_ < max_in_flight_; });
     ++in_flight_;
     PrepLocked(op);
   }
@@ -195,6 +200,7 @@ class UringIo final : public AsyncIo {
       op->done(std::move(status));
       std::lock_guard lock(mu_);
       if (--in_flight_ == 0) idle_.notify_all();
+      space_.notify_one();
     }
   }
 
@@ -202,7 +208,9 @@ class UringIo final : public AsyncIo {
   bool initialized_ = false;
   std::mutex mu_;                    // guards the SQ and the counters
   std::condition_variable idle_;
+  std::condition_variable space_;
   std::uint64_t in_flight_ = 0;      // GUARDED_BY(mu_)
+  std::uint64_t max_in_flight_ = 1;
   bool stopping_ = false;            // GUARDED_BY(mu_)
   std::thread reaper_;
 };

@@ -41,7 +41,8 @@ struct AsyncOp {
 class AsyncIo {
  public:
   virtual ~AsyncIo() = default;
-  // Starts `op`, which must stay alive until its `done` ran.
+  // Starts `op`, which must stay alive until its `done` ran. May wait for
+  // room when the engine is full; never call it from a `done` callback.
   virtual void Submit(AsyncOp* op) = 0;
   virtual std::string_view name() const = 0;
 };

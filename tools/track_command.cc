@@ -103,6 +103,8 @@ int TrackCommand(const std::vector<std::string>& argv) {
     server_options.queue_depth = static_cast<unsigned>(*n);
   }
 
+  // Declared before the journals that write through it.
+  core::FaultInjectingFileSystem fs(core::PosixFileSystemInstance());
   std::vector<Volume> volumes;
   std::set<std::string> names;
   for (std::size_t i = 1; i < args->positional.size(); ++i) {
@@ -126,7 +128,6 @@ int TrackCommand(const std::vector<std::string>& argv) {
   ::signal(SIGPIPE, SIG_IGN);
 
   const std::string state_dir = StateDir(*args);
-  core::FaultInjectingFileSystem fs(core::PosixFileSystemInstance());
   std::vector<tracker::NbdExport> exports;
   for (auto& v : volumes) {
     core::FileBlockDeviceOptions device_options;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "core/file_system.h"
@@ -66,15 +67,26 @@ void ControlServer::Serve() {
     if (::poll(&pfd, 1, 200) <= 0) continue;
     int client = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (client < 0) continue;
+    // A client gets 5 s to send its line and 30 s to take the reply, and a
+    // reply in progress is abandoned when the tracker stops.
     timeval timeout{5, 0};
     ::setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    ::setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     std::string line;
     char c;
-    while (line.size() < 1024 && ::recv(client, &c, 1, 0) == 1 && c != '\n') line.push_back(c);
+    while (line.size() < 1024 && std::chrono::steady_clock::now() < deadline &&
+           ::recv(client, &c, 1, 0) == 1 && c != '\n') {
+      line.push_back(c);
+    }
     std::string reply = handler_(line);
+    timeval send_step{1, 0};
+    ::setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &send_step, sizeof(send_step));
     std::size_t sent = 0;
-    while (sent < reply.size()) {
+    auto reply_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (sent < reply.size() && !stopping_ && std::chrono::steady_clock::now() < reply_deadline) {
       ssize_t n = ::send(client, reply.data() + sent, reply.size() - sent, MSG_NOSIGNAL);
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;  // re-check stop and deadline
       if (n <= 0) break;
       sent += static_cast<std::size_t>(n);
     }

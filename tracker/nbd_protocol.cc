@@ -78,6 +78,9 @@ Verdict ValidateRequest(const Request& r, const ExportLimits& limits) {
     default:
       return Error(kEinval, "unknown command " + std::to_string(r.type));
   }
+  // FUA is valid on every command (clients set it on reads too); it means
+  // something only where data is written.
+  allowed |= kCmdFlagFua;
   if ((r.flags & ~allowed) != 0) {
     return Error(kEinval, std::string("flags ") + std::to_string(r.flags) + " not valid for " +
                               CommandName(r.type), payload);
@@ -101,7 +104,7 @@ Verdict ValidateRequest(const Request& r, const ExportLimits& limits) {
   if (r.length == 0) return Error(kEinval, std::string("zero-length ") + CommandName(r.type), payload);
   if (r.type != kCmdBlockStatus && r.type != kCmdTrim && r.type != kCmdWriteZeroes &&
       r.length > kMaxRequestBytes) {
-    return Error(limits.structured_replies ? kEoverflow : kEinval,
+    return Error((r.flags & kCmdFlagDf) ? kEoverflow : kEinval,
                  std::string(CommandName(r.type)) + " of " + std::to_string(r.length) +
                      " bytes exceeds the 32 MiB maximum",
                  payload);
@@ -109,7 +112,9 @@ Verdict ValidateRequest(const Request& r, const ExportLimits& limits) {
   bool writes = r.type == kCmdWrite || r.type == kCmdTrim || r.type == kCmdWriteZeroes;
   if (writes && limits.read_only) return Error(kEperm, "the export is read-only", payload);
   if (r.offset > limits.size_bytes || r.length > limits.size_bytes - r.offset) {
-    return Error(writes ? kEnospc : kEinval,
+    // The spec: ENOSPC for writes past the end, EINVAL for reads and trims.
+    bool fills = r.type == kCmdWrite || r.type == kCmdWriteZeroes;
+    return Error(fills ? kEnospc : kEinval,
                  std::string(CommandName(r.type)) + " at " + std::to_string(r.offset) + "+" +
                      std::to_string(r.length) + " is beyond the end of the export (" +
                      std::to_string(limits.size_bytes) + " bytes)",

@@ -7,16 +7,21 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 
 #include "tracker/nbd_protocol.h"
 
@@ -99,14 +104,29 @@ std::uint32_t ErrorOf(const Status& s) {
 }  // namespace
 
 struct NbdServer::Connection {
+  // What one request may hold while in flight, beyond its data: the
+  // Pending record, the reply header, the allocator's rounding.
+  static constexpr std::uint64_t kRequestOverheadBytes = 4096 + 512;
+  static constexpr std::uint64_t kMaxInFlightRequests = 1024;
+
   int fd = -1;
   std::thread thread;
-  std::mutex send_mu;     // one reply at a time on the socket
-  std::mutex mu;          // guards the counters below and closing fd
-  std::condition_variable cv;
+  std::mutex mu;  // guards everything below
+  std::condition_variable cv;       // in-flight accounting
+  std::condition_variable send_cv;  // the send queue
   std::uint64_t in_flight_bytes = 0;
   std::uint64_t in_flight = 0;
+  struct Reply {
+    std::vector<std::byte> header;
+    Buffer data;
+    std::size_t data_bytes = 0;
+    std::uint64_t cost = 0;
+  };
+  std::deque<Reply> send_queue;
+  bool writer_stop = false;
+  bool dead = false;  // sending failed: replies are dropped
   bool closed = false;
+  std::thread writer;
   std::atomic<bool> finished = false;
   // Negotiated.
   bool structured = false;
@@ -114,42 +134,93 @@ struct NbdServer::Connection {
   bool base_allocation = false;
   const NbdExport* exp = nullptr;
 
-  void Send(std::vector<std::byte> header, const std::byte* data = nullptr, std::size_t n = 0) {
-    struct iovec iov[2] = {{header.data(), header.size()}, {const_cast<std::byte*>(data), n}};
-    std::lock_guard lock(send_mu);
-    if (!WriteAll(fd, iov, data ? 2 : 1)) {
-      // The client is gone: make the reader stop too.
-      ::shutdown(fd, SHUT_RDWR);
-    }
+  static std::uint64_t Cost(std::uint64_t data_bytes) {
+    return std::max<std::uint64_t>(data_bytes, 4096) + kRequestOverheadBytes;
   }
-  void SendError(const nbd::Request& r, std::uint32_t error, const std::string& why) {
-    std::vector<std::byte> out;
-    if (structured) nbd::AppendErrorChunk(out, r.cookie, error, why);
-    else nbd::AppendSimpleReply(out, error, r.cookie);
-    Send(std::move(out));
-  }
-  void SendOk(const nbd::Request& r) {
-    std::vector<std::byte> out;
-    if (structured) nbd::AppendChunkHeader(out, nbd::kReplyFlagDone, nbd::kReplyTypeNone, r.cookie, 0);
-    else nbd::AppendSimpleReply(out, 0, r.cookie);
-    Send(std::move(out));
-  }
-  // Waits until `bytes` more may be in flight.
-  void Reserve(std::uint64_t bytes) {
+  // Waits until a request costing `cost` may be in flight; the cost is
+  // held until its reply was sent (or dropped).
+  void Reserve(std::uint64_t cost) {
     std::unique_lock lock(mu);
-    cv.wait(lock, [&] { return in_flight_bytes == 0 || in_flight_bytes + bytes <= kMaxInFlightBytes; });
-    in_flight_bytes += bytes;
+    cv.wait(lock, [&] {
+      return in_flight == 0 ||
+             (in_flight_bytes + cost <= kMaxInFlightBytes && in_flight < kMaxInFlightRequests);
+    });
+    in_flight_bytes += cost;
     ++in_flight;
   }
-  void Release(std::uint64_t bytes) {
-    std::lock_guard lock(mu);
-    in_flight_bytes -= bytes;
+  void ReleaseLocked(std::uint64_t cost) {
+    in_flight_bytes -= cost;
     --in_flight;
     cv.notify_all();
+  }
+  void Release(std::uint64_t cost) {
+    std::lock_guard lock(mu);
+    ReleaseLocked(cost);
   }
   void WaitIdle() {
     std::unique_lock lock(mu);
     cv.wait(lock, [&] { return in_flight == 0; });
+  }
+  // Never blocks on the socket: the writer thread sends. Called from the
+  // reader and from I/O completion threads.
+  void Enqueue(Reply reply) {
+    std::lock_guard lock(mu);
+    if (dead) {
+      ReleaseLocked(reply.cost);
+      return;
+    }
+    send_queue.push_back(std::move(reply));
+    send_cv.notify_one();
+  }
+  void Writer() {
+    std::unique_lock lock(mu);
+    for (;;) {
+      send_cv.wait(lock, [&] { return writer_stop || !send_queue.empty(); });
+      if (send_queue.empty()) return;
+      Reply reply = std::move(send_queue.front());
+      send_queue.pop_front();
+      lock.unlock();
+      struct iovec iov[2] = {{reply.header.data(), reply.header.size()},
+                             {reply.data.get(), reply.data_bytes}};
+      bool sent = WriteAll(fd, iov, reply.data ? 2 : 1);
+      reply.data.reset();
+      lock.lock();
+      if (!sent && !dead) {
+        // The peer is gone or stopped reading (send timeout): hang up,
+        // and drop what is queued so the reader and shutdown can finish.
+        dead = true;
+        ::shutdown(fd, SHUT_RDWR);
+        while (!send_queue.empty()) {
+          ReleaseLocked(send_queue.front().cost);
+          send_queue.pop_front();
+        }
+      }
+      ReleaseLocked(reply.cost);
+    }
+  }
+  void StartWriter() { writer = std::thread([this] { Writer(); }); }
+  void StopWriter() {
+    {
+      std::lock_guard lock(mu);
+      writer_stop = true;
+    }
+    send_cv.notify_all();
+    if (writer.joinable()) writer.join();
+  }
+
+  void SendError(const nbd::Request& r, std::uint32_t error, const std::string& why, std::uint64_t cost) {
+    Reply reply;
+    if (structured) nbd::AppendErrorChunk(reply.header, r.cookie, error, why);
+    else nbd::AppendSimpleReply(reply.header, error, r.cookie);
+    reply.cost = cost;
+    Enqueue(std::move(reply));
+  }
+  void SendOk(const nbd::Request& r, std::uint64_t cost) {
+    Reply reply;
+    if (structured) nbd::AppendChunkHeader(reply.header, nbd::kReplyFlagDone, nbd::kReplyTypeNone, r.cookie, 0);
+    else nbd::AppendSimpleReply(reply.header, 0, r.cookie);
+    reply.cost = cost;
+    Enqueue(std::move(reply));
   }
 };
 
@@ -161,7 +232,7 @@ struct Pending {
   std::shared_ptr<NbdServer::Connection> conn;
   nbd::Request request;
   Buffer buffer;
-  std::uint64_t reserved = 0;
+  std::uint64_t cost = 0;
 };
 
 std::uint16_t TransmissionFlags(const NbdServer::Connection& c) {
@@ -203,7 +274,8 @@ const NbdExport* Handshake(NbdServer::Connection& c, const std::vector<NbdExport
       nbd::AppendOptionReply(out, option, type, data);
     };
     if (length > nbd::kMaxOptionBytes) {
-      if (length > (1U << 20) || !Drain(c.fd, length)) return nullptr;
+      // EXPORT_NAME has no error reply; a huge option is not worth draining.
+      if (option == nbd::kOptExportName || length > (1U << 20) || !Drain(c.fd, length)) return nullptr;
       reply(nbd::kRepErrTooBig);
       if (!WriteBytes(c.fd, out)) return nullptr;
       continue;
@@ -292,6 +364,8 @@ const NbdExport* Handshake(NbdServer::Connection& c, const std::vector<NbdExport
       case nbd::kOptListMetaContext:
       case nbd::kOptSetMetaContext: {
         auto request = nbd::ParseMetaContextRequest(payload);
+        // SET replaces the selection, even when it fails.
+        if (option == nbd::kOptSetMetaContext) c.base_allocation = false;
         if (!request.ok() || (option == nbd::kOptSetMetaContext && !c.structured)) {
           reply(nbd::kRepErrInvalid);
           break;
@@ -309,7 +383,8 @@ const NbdExport* Handshake(NbdServer::Connection& c, const std::vector<NbdExport
         if (option == nbd::kOptSetMetaContext) c.base_allocation = matched;
         if (matched) {
           std::vector<std::byte> data;
-          nbd::PutU32(data, nbd::kBaseAllocationContextId);
+          // LIST answers with id 0 (the spec's SHOULD); SET with the real id.
+          nbd::PutU32(data, option == nbd::kOptSetMetaContext ? nbd::kBaseAllocationContextId : 0);
           for (const char* p = nbd::kBaseAllocation; *p; ++p) data.push_back(static_cast<std::byte>(*p));
           reply(nbd::kRepMetaContext, data);
         }
@@ -355,6 +430,34 @@ std::vector<std::pair<std::uint32_t, std::uint32_t>> BlockStatus(int fd, std::ui
   return out;
 }
 
+// TRIM: punch a hole in a file, BLKDISCARD on a device; storage that cannot
+// discard ignores the hint.
+Status Discard(int fd, bool is_block_device, std::uint64_t offset, std::uint64_t length) {
+  int rc;
+  if (is_block_device) {
+    std::uint64_t range[2] = {offset, length};
+    rc = ::ioctl(fd, BLKDISCARD, range);
+  } else {
+    rc = ::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                     static_cast<off_t>(length));
+  }
+  if (rc == 0 || errno == EOPNOTSUPP || errno == ENOTTY || errno == EINVAL) return Status::Ok();
+  return core::ErrnoStatus(errno, "discard");
+}
+
+// FAST_ZERO: zero with the file system's range operations only; kUnsupported
+// (nothing written) where that would mean writing zeroes.
+Status FastZero(int fd, bool is_block_device, std::uint64_t offset, std::uint64_t length, bool may_unmap) {
+  if (is_block_device) return Status::Unsupported("a block device may zero by writing");
+  off_t at = static_cast<off_t>(offset), n = static_cast<off_t>(length);
+  if (may_unmap && ::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, at, n) == 0) return Status::Ok();
+  if (::fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, at, n) == 0) return Status::Ok();
+  if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL) {
+    return Status::Unsupported("the volume's file system cannot zero ranges quickly");
+  }
+  return core::ErrnoStatus(errno, "zero range");
+}
+
 void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::AsyncIo& io) {
   NbdServer::Connection& c = *conn;
   const NbdExport& e = *c.exp;
@@ -367,28 +470,36 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
     nbd::Request r = nbd::DecodeRequest(header);
     nbd::Verdict v = nbd::ValidateRequest(r, limits);
     if (v.kind == nbd::Verdict::Kind::kDisconnect) return;
+    if (r.type == nbd::kCmdDisc && v.kind == nbd::Verdict::Kind::kOk) return;
+    // Every reply is accounted for until it is sent: a client that does not
+    // read its replies runs into the in-flight cap, not our memory.
+    std::uint64_t cost = NbdServer::Connection::Cost(
+        v.kind == nbd::Verdict::Kind::kOk && r.type != nbd::kCmdBlockStatus ? r.length : 0);
+    c.Reserve(cost);
     if (v.kind == nbd::Verdict::Kind::kError) {
-      if (v.payload_bytes > 0 && !Drain(c.fd, v.payload_bytes)) return;
-      c.SendError(r, v.error, v.why);
+      if (v.payload_bytes > 0 && !Drain(c.fd, v.payload_bytes)) {
+        c.Release(cost);
+        return;
+      }
+      c.SendError(r, v.error, v.why, cost);
       continue;
     }
     switch (r.type) {
-      case nbd::kCmdDisc:
-        return;
       case nbd::kCmdRead:
       case nbd::kCmdWrite:
       case nbd::kCmdFlush: {
         auto p = std::make_unique<Pending>();
         p->conn = conn;
         p->request = r;
-        p->reserved = r.length;
-        c.Reserve(p->reserved);
+        p->cost = cost;
         if (r.type != nbd::kCmdFlush) {
           p->buffer = AllocateBuffer(r.length);
           if (!p->buffer) {
-            if (r.type == nbd::kCmdWrite && !Drain(c.fd, r.length)) return;
-            c.Release(p->reserved);
-            c.SendError(r, nbd::kEnomem, "out of memory");
+            if (r.type == nbd::kCmdWrite && !Drain(c.fd, r.length)) {
+              c.Release(cost);
+              return;
+            }
+            c.SendError(r, nbd::kEnomem, "out of memory", cost);
             continue;
           }
         }
@@ -398,7 +509,7 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
         p->op.length_bytes = r.length;
         if (r.type == nbd::kCmdWrite) {
           if (!ReadFull(c.fd, p->buffer.get(), r.length)) {
-            c.Release(p->reserved);
+            c.Release(cost);
             return;  // the client vanished mid-request: nothing was written
           }
           // Invariant 1: durable in the journal before it reaches the volume.
@@ -413,98 +524,105 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
         Pending* raw = p.release();
         raw->op.done = [raw](Status s) {
           std::unique_ptr<Pending> owned(raw);
-          NbdServer::Connection& cc = *owned->conn;
-          const nbd::Request& rq = owned->request;
+          auto conn_ref = owned->conn;  // keeps the connection alive for the reply
+          NbdServer::Connection& cc = *conn_ref;
+          const nbd::Request rq = owned->request;
           if (!s.ok()) {
-            cc.SendError(rq, ErrorOf(s), s.ToString());
+            cc.SendError(rq, ErrorOf(s), s.ToString(), owned->cost);
           } else if (rq.type == nbd::kCmdRead) {
-            std::vector<std::byte> head;
+            NbdServer::Connection::Reply reply;
             if (cc.structured) {
-              nbd::AppendChunkHeader(head, nbd::kReplyFlagDone, nbd::kReplyTypeOffsetData, rq.cookie,
+              nbd::AppendChunkHeader(reply.header, nbd::kReplyFlagDone, nbd::kReplyTypeOffsetData, rq.cookie,
                                      rq.length + 8);
-              nbd::PutU64(head, rq.offset);
+              nbd::PutU64(reply.header, rq.offset);
             } else {
-              nbd::AppendSimpleReply(head, 0, rq.cookie);
+              nbd::AppendSimpleReply(reply.header, 0, rq.cookie);
             }
-            cc.Send(std::move(head), owned->buffer.get(), rq.length);
+            reply.data = std::move(owned->buffer);
+            reply.data_bytes = rq.length;
+            reply.cost = owned->cost;
+            cc.Enqueue(std::move(reply));
           } else {
-            cc.SendOk(rq);
+            cc.SendOk(rq, owned->cost);
           }
-          owned->buffer.reset();
-          auto keep = owned->conn;  // the connection outlives this reply
-          std::uint64_t reserved = owned->reserved;
-          owned.reset();
-          keep->Release(reserved);
         };
         io.Submit(&raw->op);
         break;
       }
-      case nbd::kCmdTrim:
+      case nbd::kCmdTrim: {
+        // A hint: discard what the storage can discard cheaply, never write
+        // zeroes for it. Tracked like a write all the same.
+        (void)e.journal->MarkDirty(r.offset, r.length);
+        Status s = Discard(volume_fd, is_block_device, r.offset, r.length);
+        if (s.ok() && (r.flags & nbd::kCmdFlagFua)) s = e.device->Flush();
+        if (s.ok()) c.SendOk(r, cost);
+        else c.SendError(r, ErrorOf(s), s.ToString(), cost);
+        break;
+      }
       case nbd::kCmdWriteZeroes: {
-        bool zero = r.type == nbd::kCmdWriteZeroes;
-        if (zero && (r.flags & nbd::kCmdFlagFastZero) && is_block_device) {
-          // Zeroing a block device may fall back to writing zeroes: not fast.
-          c.SendError(r, nbd::kEnotsup, "fast zero is not available on this device");
+        bool fast = r.flags & nbd::kCmdFlagFastZero;
+        bool may_unmap = !(r.flags & nbd::kCmdFlagNoHole);
+        (void)e.journal->MarkDirty(r.offset, r.length);
+        Status s = fast ? FastZero(volume_fd, is_block_device, r.offset, r.length, may_unmap)
+                        : e.device->WriteZeroes(r.offset, r.length, may_unmap);
+        if (fast && s.code() == core::Code::kUnsupported) {
+          c.SendError(r, nbd::kEnotsup, s.message(), cost);  // nothing was written
           continue;
         }
-        (void)e.journal->MarkDirty(r.offset, r.length);
-        Status s = zero ? e.device->WriteZeroes(r.offset, r.length, !(r.flags & nbd::kCmdFlagNoHole))
-                        : e.device->Trim(r.offset, r.length);
         if (s.ok() && (r.flags & nbd::kCmdFlagFua)) s = e.device->Flush();
-        if (s.ok()) c.SendOk(r);
-        else c.SendError(r, ErrorOf(s), s.ToString());
+        if (s.ok()) c.SendOk(r, cost);
+        else c.SendError(r, ErrorOf(s), s.ToString(), cost);
         break;
       }
       case nbd::kCmdBlockStatus: {
         auto descriptors = BlockStatus(volume_fd, r.offset, r.length, r.flags & nbd::kCmdFlagReqOne);
-        std::vector<std::byte> out;
-        nbd::AppendChunkHeader(out, nbd::kReplyFlagDone, nbd::kReplyTypeBlockStatus, r.cookie,
+        NbdServer::Connection::Reply reply;
+        nbd::AppendChunkHeader(reply.header, nbd::kReplyFlagDone, nbd::kReplyTypeBlockStatus, r.cookie,
                                static_cast<std::uint32_t>(4 + 8 * descriptors.size()));
-        nbd::PutU32(out, nbd::kBaseAllocationContextId);
+        nbd::PutU32(reply.header, nbd::kBaseAllocationContextId);
         for (auto [len, flags] : descriptors) {
-          nbd::PutU32(out, len);
-          nbd::PutU32(out, flags);
+          nbd::PutU32(reply.header, len);
+          nbd::PutU32(reply.header, flags);
         }
-        c.Send(std::move(out));
+        reply.cost = cost;
+        c.Enqueue(std::move(reply));
         break;
       }
     }
   }
 }
 
-Status ListenUnix(const std::string& path, int* fd_out) {
+Status ListenUnix(const std::string& path, int* fd_out, dev_t* dev, ino_t* ino) {
   struct sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof(addr.sun_path)) {
     return Status::InvalidArgument("socket path is too long: " + path);
   }
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  struct stat st{};
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return Status::InvalidArgument("--nbd-socket " + path + " exists and is not a socket");
+    }
+    // A stale socket of a dead process, or a live server?
+    int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int rc = ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    int saved = errno;
+    ::close(probe);
+    if (rc == 0) return Status::Aborted("socket " + path + " is in use by a running server");
+    if (saved != ECONNREFUSED) return core::ErrnoStatus(saved, "probe socket " + path);
+    ::unlink(path.c_str());
+  }
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return core::ErrnoStatus(errno, "socket");
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    int saved = errno;
-    if (saved == EADDRINUSE) {
-      // A stale socket from a dead process, or a live server?
-      int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      bool live = ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-      ::close(probe);
-      if (live) {
-        ::close(fd);
-        return Status::Aborted("socket " + path + " is in use by a running server");
-      }
-      ::unlink(path.c_str());
-      if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) saved = 0;
-    }
-    if (saved != 0) {
-      ::close(fd);
-      return core::ErrnoStatus(saved, "bind " + path);
-    }
-  }
-  if (::listen(fd, 64) != 0) {
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(fd, 64) != 0 ||
+      ::lstat(path.c_str(), &st) != 0) {
     int saved = errno;
     ::close(fd);
-    return core::ErrnoStatus(saved, "listen " + path);
+    return core::ErrnoStatus(saved, "listen on " + path);
   }
+  *dev = st.st_dev;
+  *ino = st.st_ino;
   *fd_out = fd;
   return Status::Ok();
 }
@@ -570,7 +688,8 @@ std::string_view NbdServer::io_engine() const { return io_ ? io_->name() : "none
 Status NbdServer::Start() {
   BLKREP_ASSIGN_OR_RETURN(io_, core::MakeAsyncIo(options_.backend, options_.queue_depth));
   int fd = -1;
-  BLKREP_RETURN_IF_ERROR(ListenUnix(options_.unix_socket, &fd));
+  BLKREP_RETURN_IF_ERROR(ListenUnix(options_.unix_socket, &fd, &socket_dev_, &socket_ino_));
+  socket_bound_ = true;
   listen_fds_.push_back(fd);
   if (!options_.tcp_listen.empty()) {
     Status tcp = ListenTcp(options_.tcp_listen, &fd, &tcp_address_);
@@ -593,6 +712,9 @@ void NbdServer::AcceptLoop(int listen_fd) {
     if (fd < 0) continue;
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));  // fails harmlessly on unix sockets
+    // A peer that stops reading for this long is hung up on.
+    timeval send_timeout{30, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout));
     auto conn = std::make_shared<Connection>();
     conn->fd = fd;
     std::lock_guard lock(connections_mu_);
@@ -605,14 +727,19 @@ void NbdServer::AcceptLoop(int listen_fd) {
         ++it;
       }
     }
-    if (stopping_) {
+    if (stopping_ || connections_.size() >= kMaxConnections) {
       ::close(fd);
-      return;
+      if (stopping_) return;
+      continue;
     }
     conn->thread = std::thread([this, conn] {
       conn->exp = Handshake(*conn, exports_);
-      if (conn->exp) Transmission(conn, *io_);
-      conn->WaitIdle();  // in-flight requests finish and reply first
+      if (conn->exp) {
+        conn->StartWriter();
+        Transmission(conn, *io_);
+        conn->WaitIdle();  // in-flight requests finish and their replies go out
+        conn->StopWriter();
+      }
       {
         std::lock_guard close_lock(conn->mu);
         ::close(conn->fd);
@@ -632,16 +759,34 @@ void NbdServer::Shutdown() {
   acceptors_.clear();
   for (int fd : listen_fds_) ::close(fd);
   listen_fds_.clear();
-  if (!options_.unix_socket.empty()) ::unlink(options_.unix_socket.c_str());
+  // Only the socket this server bound, if it is still the one at the path.
+  struct stat st{};
+  if (socket_bound_ && ::lstat(options_.unix_socket.c_str(), &st) == 0 &&
+      st.st_dev == socket_dev_ && st.st_ino == socket_ino_) {
+    ::unlink(options_.unix_socket.c_str());
+  }
   std::vector<std::shared_ptr<Connection>> connections;
   {
     std::lock_guard lock(connections_mu_);
     connections.swap(connections_);
   }
-  // Readers see end of stream; requests already read still complete.
+  // Readers see end of stream; requests already read still complete and
+  // are answered.
   for (auto& c : connections) {
     std::lock_guard lock(c->mu);
     if (!c->closed) ::shutdown(c->fd, SHUT_RD);
+  }
+  // A peer that does not take its replies must not hold the shutdown: after
+  // a grace period its connection is cut both ways.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (auto& c : connections) {
+    while (!c->finished && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  for (auto& c : connections) {
+    std::lock_guard lock(c->mu);
+    if (!c->closed) ::shutdown(c->fd, SHUT_RDWR);
   }
   for (auto& c : connections) c->thread.join();
   io_.reset();  // waits for every submitted operation

@@ -7,8 +7,10 @@
 // is marked dirty in its volume's journal — which returns once that is
 // durable — before it is issued to the volume (invariant 1). Reads, writes
 // and flushes go to the AsyncIo engine (io_uring, or a thread pool) so many
-// are in flight per connection; the engine's completion thread sends the
-// replies. A connection holds at most kMaxInFlightBytes of request buffers.
+// are in flight per connection; the engine's completion thread hands the
+// replies to the connection's writer thread, so a peer that stops reading
+// stalls only itself (and is hung up on after a send timeout). A connection
+// holds at most kMaxInFlightBytes of requests and unsent replies.
 //
 // FLUSH is an fdatasync of the volume, which covers writes completed on any
 // connection, so CAN_MULTI_CONN is advertised. FUA writes use RWF_DSYNC.
@@ -16,6 +18,8 @@
 // Thread safety: Start and Shutdown from one thread; everything else is
 // internal.
 #pragma once
+
+#include <sys/types.h>
 
 #include <atomic>
 #include <cstdint>
@@ -47,7 +51,9 @@ struct NbdServerOptions {
 
 class NbdServer {
  public:
+  // Per connection: request buffers and queued replies together.
   static constexpr std::uint64_t kMaxInFlightBytes = 96ULL << 20;
+  static constexpr std::size_t kMaxConnections = 256;
 
   NbdServer(std::vector<NbdExport> exports, NbdServerOptions options);
   ~NbdServer();
@@ -77,6 +83,9 @@ class NbdServer {
   std::mutex connections_mu_;
   std::vector<std::shared_ptr<Connection>> connections_;  // GUARDED_BY(connections_mu_)
   std::string tcp_address_;
+  bool socket_bound_ = false;
+  dev_t socket_dev_ = 0;
+  ino_t socket_ino_ = 0;
 };
 
 }  // namespace blkrep::tracker
