@@ -464,6 +464,7 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
   nbd::ExportLimits limits{e.device->SizeBytes(), false, c.structured, c.base_allocation};
   int volume_fd = e.device->fd();
   bool is_block_device = e.device->is_block_device();
+  bool fast_zero_unsupported = false;
   for (;;) {
     std::byte header[nbd::kRequestHeaderBytes];
     if (!ReadFull(c.fd, header, sizeof(header))) return;  // client gone
@@ -562,10 +563,16 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
       case nbd::kCmdWriteZeroes: {
         bool fast = r.flags & nbd::kCmdFlagFastZero;
         bool may_unmap = !(r.flags & nbd::kCmdFlagNoHole);
+        if (fast && (is_block_device || fast_zero_unsupported)) {
+          // Known to be refused: refuse before anything is marked.
+          c.SendError(r, nbd::kEnotsup, "the volume cannot zero ranges quickly", cost);
+          continue;
+        }
         (void)e.journal->MarkDirty(r.offset, r.length);
         Status s = fast ? FastZero(volume_fd, is_block_device, r.offset, r.length, may_unmap)
                         : e.device->WriteZeroes(r.offset, r.length, may_unmap);
         if (fast && s.code() == core::Code::kUnsupported) {
+          fast_zero_unsupported = true;  // later ones are refused before marking
           c.SendError(r, nbd::kEnotsup, s.message(), cost);  // nothing was written
           continue;
         }
