@@ -1,8 +1,9 @@
 #!/bin/sh
 # The README's demonstration: installs what is missing, builds, and shows the
-# journal at work on a file-backed volume — tracked writes, a crash (SIGKILL)
-# with no lost change and no resync, and the cases that do force a resync.
-# Everything happens in a temporary directory that is removed at the end.
+# tracker at work on a file-backed volume — served over NBD, written by a
+# real NBD client (qemu-io), killed with SIGKILL without losing a change or
+# needing a resync, and the cases that do force a resync. Everything happens
+# in a temporary directory that is removed at the end.
 set -eu
 cd "$(dirname "$0")/.."
 ./tools/install-deps.sh
@@ -10,55 +11,69 @@ cd "$(dirname "$0")/.."
 blkrep="$(pwd)/build/bin/blkrep"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/blkrep-demo.XXXXXX")
-writer=""
+tracker=""
 cleanup() {
-  if [ -n "$writer" ]; then kill -9 "$writer" 2>/dev/null || true; fi
+  if [ -n "$tracker" ]; then kill -9 "$tracker" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
 export BLKREP_STATE_DIR="$work/state"
 vol="$work/vm100-disk0.img"
+sock="$work/vm100.sock"
+uri="nbd+unix:///disk0?socket=$sock"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*" >&2; "$@"; }
+start_tracker() {
+  "$blkrep" track vm100 disk0="$vol" --nbd-socket "$sock" --block-size 4K &
+  tracker=$!
+  i=0
+  while ! nbdinfo --can connect "nbd+unix:///disk0?socket=$sock" 2>/dev/null; do
+    i=$((i + 1)); [ $i -lt 200 ] || { echo "the tracker did not start" >&2; exit 1; }
+    sleep 0.05
+  done
+}
+stop_tracker() {  # $1: signal
+  kill "-$1" "$tracker"
+  wait "$tracker" 2>/dev/null || true
+  tracker=""
+}
 
-step "A 256 MiB file-backed volume holding an ext4 file system"
+step "A 256 MiB file-backed volume holding an ext4 file system, served by the tracker"
 truncate -s 256M "$vol"
-mkfs.ext4 -q -F "$vol"
-run "$blkrep" version
+mkfs.ext4 -q -F -E nodiscard "$vol"
+start_tracker
+run nbdinfo --list "nbd+unix:///?socket=$sock" | grep -E 'export=|export-size'
 
-step "Writes through the tracking layer (4 KiB blocks): each is journaled before it reaches the volume"
-run "$blkrep" journal write vm100 disk0="$vol" --block-size 4K --offset 1M --length 64K --count 4 >/dev/null
-run "$blkrep" journal write vm100 disk0="$vol" --offset 100M --length 1 --pattern 7 >/dev/null
-run "$blkrep" journal write vm100 disk0="$vol" --offset 200M --length 1M --trim >/dev/null
-run "$blkrep" journal inspect vm100
+step "A real NBD client writes: each change is journaled before it reaches the volume"
+run qemu-io -f raw -c "write -P 0x5a 1M 64k" -c "write -P 0x07 100M 1" -c "discard 200M 1M" "$uri" | grep -v '^[0-9].*ops'
+run "$blkrep" journal inspect vm100     # answered by the running tracker
 
-step "A writer killed with SIGKILL mid-stream: every acknowledged write is still dirty, no resync"
-: > "$work/acks"
-"$blkrep" journal write vm100 disk0="$vol" --offset 8M --length 16K --count 15000 > "$work/acks" &
-writer=$!
-while [ "$(wc -l < "$work/acks")" -lt 3000 ] && kill -0 "$writer" 2>/dev/null; do sleep 0.01; done
-kill -9 "$writer" 2>/dev/null || true
-wait "$writer" 2>/dev/null || true
-writer=""
-acked=$(wc -l < "$work/acks")
-echo "acknowledged before the kill: $acked writes of 16 KiB from 8 MiB on"
-last=$(tail -n 1 "$work/acks" | cut -d' ' -f2)
-echo "the last acknowledged write ends at block $(( (last + 16384) / 4096 - 1 )); the journal says:"
-run "$blkrep" journal inspect vm100
+step "The tracker is killed with SIGKILL mid-stream: every acknowledged write is still dirty, no resync"
+qemu-io -f raw -c "write -P 0x33 8M 32M" "$uri" >/dev/null &
+client=$!
+sleep 0.2
+stop_tracker 9
+wait "$client" 2>/dev/null || true
+run "$blkrep" journal inspect vm100     # read from the journal files
+start_tracker
+run qemu-io -f raw -c "read -P 0x5a 1M 64k" "$uri" | head -1
+stop_tracker TERM
+run "$blkrep" journal inspect vm100 --json | grep -E '^  "(clean_close|resync_required)"'
 
 step "The volume modified while nobody tracked it: the next start requires a resync"
-run "$blkrep" journal write vm100 disk0="$vol" --offset 0 --length 0 >/dev/null  # restart and seal
 printf 'x' | dd of="$vol" bs=1 seek=5000000 conv=notrunc status=none
-sleep 0.01
-run "$blkrep" journal write vm100 disk0="$vol" --offset 0 --length 0 >/dev/null
+start_tracker
 run "$blkrep" journal inspect vm100 | grep -E "resync required"
+stop_tracker TERM
 
 step "A corrupted journal: detected, reported with the reason, and the volume still served"
 journal="$BLKREP_STATE_DIR/journal/vm100/disk0.journal"
 printf '\377' | dd of="$journal" bs=1 seek=4200 conv=notrunc status=none
 run "$blkrep" journal inspect vm100 | grep -E "resync required"
-run "$blkrep" journal write vm100 disk0="$vol" --offset 4K --length 4K >/dev/null
-echo "the write went through; the journal stays resync-required until a resync"
+start_tracker
+run qemu-io -f raw -c "write -P 0x44 4k 4k" "$uri" | head -1
+echo "the guest's write went through; the volume stays resync-required until a resync"
+stop_tracker TERM
 
 step "Done: the demonstration removed $work"
