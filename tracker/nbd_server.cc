@@ -121,8 +121,10 @@ struct NbdServer::Connection {
     Buffer data;
     std::size_t data_bytes = 0;
     std::uint64_t cost = 0;
+    std::size_t sent_bytes = 0;  // of header + data, when a send was partial
   };
   std::deque<Reply> send_queue;
+  bool sending = false;  // one thread at a time writes to the socket
   bool writer_stop = false;
   bool dead = false;  // sending failed: replies are dropped
   bool closed = false;
@@ -161,41 +163,97 @@ struct NbdServer::Connection {
     std::unique_lock lock(mu);
     cv.wait(lock, [&] { return in_flight == 0; });
   }
-  // Never blocks on the socket: the writer thread sends. Called from the
-  // reader and from I/O completion threads.
+  // Sends what is left of `reply`: blocking, or (dont_wait) only what the
+  // socket takes now. Returns false on a broken or stalled peer.
+  static bool SendReply(int fd, Reply& reply, bool dont_wait, bool* complete) {
+    for (;;) {
+      std::size_t total = reply.header.size() + reply.data_bytes;
+      if (reply.sent_bytes == total) {
+        *complete = true;
+        return true;
+      }
+      struct iovec iov[2];
+      int count = 0;
+      std::size_t at = reply.sent_bytes;
+      if (at < reply.header.size()) {
+        iov[count++] = {reply.header.data() + at, reply.header.size() - at};
+        at = 0;
+      } else {
+        at -= reply.header.size();
+      }
+      if (reply.data_bytes > at) iov[count++] = {reply.data.get() + at, reply.data_bytes - at};
+      struct msghdr msg{};
+      msg.msg_iov = iov;
+      msg.msg_iovlen = static_cast<std::size_t>(count);
+      ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL | (dont_wait ? MSG_DONTWAIT : 0));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN && dont_wait) {
+        *complete = false;
+        return true;
+      }
+      if (n <= 0) return false;  // includes the send timeout (EAGAIN when blocking)
+      reply.sent_bytes += static_cast<std::size_t>(n);
+    }
+  }
+  // REQUIRES mu. The peer is gone or stopped reading: hang up, and drop what
+  // is queued so the reader and shutdown can finish.
+  void KillLocked() {
+    if (dead) return;
+    dead = true;
+    ::shutdown(fd, SHUT_RDWR);
+    while (!send_queue.empty()) {
+      ReleaseLocked(send_queue.front().cost);
+      send_queue.pop_front();
+    }
+  }
+  // Never blocks on the socket. Called from the reader and from I/O
+  // completion threads: when nothing is queued it sends what the socket
+  // takes at once; the rest goes to the connection's writer thread.
   void Enqueue(Reply reply) {
-    std::lock_guard lock(mu);
+    std::unique_lock lock(mu);
     if (dead) {
       ReleaseLocked(reply.cost);
       return;
     }
-    send_queue.push_back(std::move(reply));
+    if (sending || !send_queue.empty()) {
+      send_queue.push_back(std::move(reply));
+      send_cv.notify_one();
+      return;
+    }
+    sending = true;
+    lock.unlock();
+    bool complete = false;
+    bool ok = SendReply(fd, reply, /*dont_wait=*/true, &complete);
+    if (complete) reply.data.reset();
+    lock.lock();
+    sending = false;
+    if (!ok) {
+      KillLocked();
+      ReleaseLocked(reply.cost);
+    } else if (complete) {
+      ReleaseLocked(reply.cost);
+    } else {
+      send_queue.push_front(std::move(reply));  // first in line: order kept
+    }
     send_cv.notify_one();
   }
   void Writer() {
     std::unique_lock lock(mu);
     for (;;) {
-      send_cv.wait(lock, [&] { return writer_stop || !send_queue.empty(); });
+      send_cv.wait(lock, [&] { return (writer_stop && !sending) || (!send_queue.empty() && !sending); });
       if (send_queue.empty()) return;
       Reply reply = std::move(send_queue.front());
       send_queue.pop_front();
+      sending = true;
       lock.unlock();
-      struct iovec iov[2] = {{reply.header.data(), reply.header.size()},
-                             {reply.data.get(), reply.data_bytes}};
-      bool sent = WriteAll(fd, iov, reply.data ? 2 : 1);
+      bool complete = false;
+      bool ok = SendReply(fd, reply, /*dont_wait=*/false, &complete);
       reply.data.reset();
       lock.lock();
-      if (!sent && !dead) {
-        // The peer is gone or stopped reading (send timeout): hang up,
-        // and drop what is queued so the reader and shutdown can finish.
-        dead = true;
-        ::shutdown(fd, SHUT_RDWR);
-        while (!send_queue.empty()) {
-          ReleaseLocked(send_queue.front().cost);
-          send_queue.pop_front();
-        }
-      }
+      sending = false;
+      if (!ok) KillLocked();
       ReleaseLocked(reply.cost);
+      send_cv.notify_all();
     }
   }
   void StartWriter() { writer = std::thread([this] { Writer(); }); }
