@@ -576,6 +576,26 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
           p->op.kind = core::AsyncOp::Kind::kWrite;
           p->op.dsync = r.flags & nbd::kCmdFlagFua;
         } else if (r.type == nbd::kCmdRead) {
+          // Cached data is served inline: RWF_NOWAIT reads only from the
+          // page cache and fails with EAGAIN instead of waiting for the
+          // disk; then the read goes to the engine.
+          struct iovec iov{p->buffer.get(), r.length};
+          ssize_t got = ::preadv2(volume_fd, &iov, 1, static_cast<off_t>(r.offset), RWF_NOWAIT);
+          if (got == static_cast<ssize_t>(r.length)) {
+            NbdServer::Connection::Reply reply;
+            if (c.structured) {
+              nbd::AppendChunkHeader(reply.header, nbd::kReplyFlagDone, nbd::kReplyTypeOffsetData, r.cookie,
+                                     r.length + 8);
+              nbd::PutU64(reply.header, r.offset);
+            } else {
+              nbd::AppendSimpleReply(reply.header, 0, r.cookie);
+            }
+            reply.data = std::move(p->buffer);
+            reply.data_bytes = r.length;
+            reply.cost = cost;
+            c.Enqueue(std::move(reply));
+            break;
+          }
           p->op.kind = core::AsyncOp::Kind::kRead;
         } else {
           p->op.kind = core::AsyncOp::Kind::kDataSync;
