@@ -273,6 +273,21 @@ struct NbdServer::Connection {
     reply.cost = cost;
     Enqueue(std::move(reply));
   }
+  // The successful reply to a READ, carrying its `r.length` bytes.
+  void SendData(const nbd::Request& r, Buffer data, std::uint64_t cost) {
+    Reply reply;
+    if (structured) {
+      nbd::AppendChunkHeader(reply.header, nbd::kReplyFlagDone, nbd::kReplyTypeOffsetData, r.cookie,
+                             r.length + 8);
+      nbd::PutU64(reply.header, r.offset);
+    } else {
+      nbd::AppendSimpleReply(reply.header, 0, r.cookie);
+    }
+    reply.data = std::move(data);
+    reply.data_bytes = r.length;
+    reply.cost = cost;
+    Enqueue(std::move(reply));
+  }
   void SendOk(const nbd::Request& r, std::uint64_t cost) {
     Reply reply;
     if (structured) nbd::AppendChunkHeader(reply.header, nbd::kReplyFlagDone, nbd::kReplyTypeNone, r.cookie, 0);
@@ -582,18 +597,7 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
           struct iovec iov{p->buffer.get(), r.length};
           ssize_t got = ::preadv2(volume_fd, &iov, 1, static_cast<off_t>(r.offset), RWF_NOWAIT);
           if (got == static_cast<ssize_t>(r.length)) {
-            NbdServer::Connection::Reply reply;
-            if (c.structured) {
-              nbd::AppendChunkHeader(reply.header, nbd::kReplyFlagDone, nbd::kReplyTypeOffsetData, r.cookie,
-                                     r.length + 8);
-              nbd::PutU64(reply.header, r.offset);
-            } else {
-              nbd::AppendSimpleReply(reply.header, 0, r.cookie);
-            }
-            reply.data = std::move(p->buffer);
-            reply.data_bytes = r.length;
-            reply.cost = cost;
-            c.Enqueue(std::move(reply));
+            c.SendData(r, std::move(p->buffer), cost);
             break;
           }
           p->op.kind = core::AsyncOp::Kind::kRead;
@@ -609,18 +613,7 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
           if (!s.ok()) {
             cc.SendError(rq, ErrorOf(s), s.ToString(), owned->cost);
           } else if (rq.type == nbd::kCmdRead) {
-            NbdServer::Connection::Reply reply;
-            if (cc.structured) {
-              nbd::AppendChunkHeader(reply.header, nbd::kReplyFlagDone, nbd::kReplyTypeOffsetData, rq.cookie,
-                                     rq.length + 8);
-              nbd::PutU64(reply.header, rq.offset);
-            } else {
-              nbd::AppendSimpleReply(reply.header, 0, rq.cookie);
-            }
-            reply.data = std::move(owned->buffer);
-            reply.data_bytes = rq.length;
-            reply.cost = owned->cost;
-            cc.Enqueue(std::move(reply));
+            cc.SendData(rq, std::move(owned->buffer), owned->cost);
           } else {
             cc.SendOk(rq, owned->cost);
           }
