@@ -235,7 +235,9 @@ struct NbdServer::Connection {
     } else {
       send_queue.push_front(std::move(reply));  // first in line: order kept
     }
-    send_cv.notify_one();
+    // Wake the writer only when it has work (or is being stopped): a wake-up
+    // per reply cost a context switch per request.
+    if (!send_queue.empty() || writer_stop) send_cv.notify_one();
   }
   void Writer() {
     std::unique_lock lock(mu);
