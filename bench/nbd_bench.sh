@@ -2,11 +2,12 @@
 # nbd_bench.sh: blkrep's tracked NBD export against qemu-nbd, alternated in one run.
 #
 # For every workload and round, each server in turn serves a fresh preallocated
-# raw file (fallocate, in a scratch directory on one file system) on a unix
-# socket, and fio's nbd engine (libnbd) drives it for --seconds after a
-# --ramp warm-up. Order within a round: blkrep, then qemu-nbd (A B A B ...).
-# The table holds the median over the rounds of each server's IOPS and MB/s
-# and the ratio of the medians. A measurement, not a test: exit 0 when every
+# raw file (fallocate, or written zeroes with --prealloc full; in a scratch
+# directory on one file system) on a unix socket, and fio's nbd engine
+# (libnbd) drives it for --seconds after a --ramp warm-up. Order within a
+# round: blkrep, then qemu-nbd (A B A B ...). The server's CPU time (all its
+# threads) is read from /proc around fio. The table holds the median over the
+# rounds of each server's IOPS and MB/s and the ratio of the medians. A measurement, not a test: exit 0 when every
 # run completed, 1 when a run failed, 2 on bad arguments. See bench/README.md.
 #
 # Environment: BLKREP (default: build/bin/blkrep under the repository),
