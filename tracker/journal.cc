@@ -46,6 +46,14 @@ struct TargetData {
   std::uint64_t frozen_epoch = 0;
   CycleMode frozen_mode = CycleMode::kIncremental;
   DirtyBitmap frozen_bits;
+
+  // Ends the frozen cycle without committing it: its blocks are dirty again.
+  void Unfreeze() {
+    live.Or(frozen_bits);
+    frozen = false;
+    frozen_bits = DirtyBitmap();
+    resync_raised_while_frozen = false;
+  }
 };
 
 }  // namespace
@@ -137,11 +145,7 @@ struct Journal::State {
   // A cycle cut off by a crash is abandoned: its blocks are dirty again.
   void AbandonFrozen() {
     for (auto& t : targets) {
-      if (!t.frozen) continue;
-      t.live.Or(t.frozen_bits);
-      t.frozen = false;
-      t.frozen_bits = DirtyBitmap();
-      t.resync_raised_while_frozen = false;
+      if (t.frozen) t.Unfreeze();
     }
   }
 
@@ -426,10 +430,7 @@ class Replayer {
     if (!t || !t->frozen || t->frozen_epoch != p.epoch) {
       return Status::Corruption("ABORT of epoch " + std::to_string(p.epoch) + " that is not frozen");
     }
-    t->live.Or(t->frozen_bits);
-    t->frozen = false;
-    t->frozen_bits = DirtyBitmap();
-    t->resync_raised_while_frozen = false;
+    t->Unfreeze();
     return Status::Ok();
   }
 
@@ -603,6 +604,17 @@ void AddBitsRecords(const DirtyBitmap& bits, jf::SetKind kind, std::uint32_t tar
     if (!any) continue;
     add(jf::EncodeBits(kind, target_id, first, count, bits.words()));
   }
+}
+
+// The target `name` with cycle `epoch` frozen, or why there is none.
+Result<TargetData*> FindFrozen(State& s, const std::string& name, std::uint64_t epoch,
+                               const std::string& path) {
+  TargetData* t = s.FindTarget(name);
+  if (!t) return Status::NotFound("no target " + name + " in journal " + path);
+  if (!t->frozen || t->frozen_epoch != epoch) {
+    return Status::InvalidArgument("target " + name + " has no frozen cycle " + std::to_string(epoch));
+  }
+  return t;
 }
 
 std::string IdentityMismatch(const State& s, const core::VolumeIdentity& now) {
@@ -1166,10 +1178,7 @@ Result<FrozenCycle> Journal::Freeze(const std::string& target) {
   Result<bool> persisted = Persist(records);
   if (!persisted.ok()) {
     std::lock_guard lock(mu_);
-    TargetData* t = state_->FindTarget(target);
-    t->live.Or(t->frozen_bits);
-    t->frozen = false;
-    t->frozen_bits = DirtyBitmap();
+    state_->FindTarget(target)->Unfreeze();
     return persisted.status().WithContext("cannot freeze cycle for target " + target);
   }
   return cycle;
@@ -1183,12 +1192,7 @@ Status Journal::Commit(const std::string& target, std::uint64_t epoch) {
   {
     std::lock_guard lock(mu_);
     State& s = *state_;
-    TargetData* t = s.FindTarget(target);
-    if (!t) return Status::NotFound("no target " + target + " in journal " + path_);
-    if (!t->frozen || t->frozen_epoch != epoch) {
-      return Status::InvalidArgument("target " + target + " has no frozen cycle " +
-                                     std::to_string(epoch));
-    }
+    BLKREP_ASSIGN_OR_RETURN(TargetData* t, FindFrozen(s, target, epoch, path_));
     if (s.degraded) return Status::Aborted("journal " + path_ + " is degraded: a resync is required");
     AddRecord(records, jf::RecordType::kCommit, jf::Encode(jf::CycleEnd{t->id, epoch}));
     before = *t;
@@ -1217,18 +1221,10 @@ Status Journal::Abort(const std::string& target, std::uint64_t epoch) {
   {
     std::lock_guard lock(mu_);
     State& s = *state_;
-    TargetData* t = s.FindTarget(target);
-    if (!t) return Status::NotFound("no target " + target + " in journal " + path_);
-    if (!t->frozen || t->frozen_epoch != epoch) {
-      return Status::InvalidArgument("target " + target + " has no frozen cycle " +
-                                     std::to_string(epoch));
-    }
+    BLKREP_ASSIGN_OR_RETURN(TargetData* t, FindFrozen(s, target, epoch, path_));
     // Memory first: an abort that is not durable is harmless, since
     // recovery abandons uncommitted freezes anyway.
-    t->live.Or(t->frozen_bits);
-    t->frozen = false;
-    t->frozen_bits = DirtyBitmap();
-    t->resync_raised_while_frozen = false;
+    t->Unfreeze();
     if (s.degraded || closed_) return Status::Ok();
     AddRecord(records, jf::RecordType::kAbort, jf::Encode(jf::CycleEnd{t->id, epoch}));
   }
