@@ -15,6 +15,17 @@ std::uint64_t Xxh3_64(const void* data, std::size_t length_bytes) {
   return XXH3_64bits(data, length_bytes);
 }
 
+Xxh3Stream::Xxh3Stream() : state_(XXH3_createState()) {
+  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
+}
+Xxh3Stream::~Xxh3Stream() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+void Xxh3Stream::Update(std::span<const std::byte> data) {
+  XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), data.data(), data.size());
+}
+std::uint64_t Xxh3Stream::Digest() const {
+  return XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state_));
+}
+
 Hash128 Xxh3_128(std::span<const std::byte> data) {
   XXH128_hash_t h = XXH3_128bits(data.data(), data.size());
   return Hash128{h.low64, h.high64};

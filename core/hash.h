@@ -12,6 +12,20 @@ namespace blkrep::core {
 std::uint64_t Xxh3_64(std::span<const std::byte> data);
 std::uint64_t Xxh3_64(const void* data, std::size_t length_bytes);
 
+// Incremental xxh3-64 of a concatenation of spans.
+class Xxh3Stream {
+ public:
+  Xxh3Stream();
+  ~Xxh3Stream();
+  Xxh3Stream(const Xxh3Stream&) = delete;
+  Xxh3Stream& operator=(const Xxh3Stream&) = delete;
+  void Update(std::span<const std::byte> data);
+  std::uint64_t Digest() const;
+
+ private:
+  void* state_;  // XXH3_state_t
+};
+
 struct Hash128 {
   std::uint64_t low = 0;
   std::uint64_t high = 0;

@@ -65,6 +65,8 @@ class [[nodiscard]] Status {
   static Status Aborted(std::string message) {
     return Status(Code::kAborted, std::move(message));
   }
+  // A status of any code, e.g. one decoded from a peer's ERROR frame.
+  static Status FromCode(Code code, std::string message) { return Status(code, std::move(message)); }
   static Status Internal(std::string message) {
     return Status(Code::kInternal, std::move(message));
   }
