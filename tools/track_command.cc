@@ -32,7 +32,7 @@ using core::Status;
 
 constexpr const char* kUsage =
     "usage: blkrep track GUEST NAME=VOLUME [NAME=VOLUME ...] --nbd-socket PATH "
-    "[--nbd-listen HOST:PORT] [--block-size SIZE] [--journal-cap SIZE] "
+    "[--nbd-listen HOST:PORT] [--block-size SIZE] [--journal-cap SIZE] [--cow-cap SIZE] "
     "[--io-engine auto|io_uring|threads] [--state-dir DIR]";
 
 struct Volume {
@@ -40,6 +40,7 @@ struct Volume {
   std::string path;
   std::unique_ptr<core::FileBlockDevice> device;
   std::unique_ptr<tracker::Journal> journal;
+  std::unique_ptr<tracker::WriteGate> gate;
 };
 
 // Test hook: "enospc" (journal writes that grow a file fail) or
@@ -65,7 +66,7 @@ Status ArmJournalFaults(core::FaultInjectingFileSystem& fs, const std::string& s
 int TrackCommand(const std::vector<std::string>& argv) {
   auto args = ParseArgs(argv,
                         {"state-dir", "nbd-socket", "nbd-listen", "block-size", "journal-cap", "io-engine",
-                         "queue-depth", "journal-faults"},
+                         "queue-depth", "journal-faults", "cow-cap"},
                         {});
   if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
   if (args->positional.size() < 2 || !args->Value("nbd-socket")) {
@@ -89,6 +90,14 @@ int TrackCommand(const std::vector<std::string>& argv) {
       return ReportError(Status::InvalidArgument("--journal-cap must be at least 64K"));
     }
     journal_options.cap_bytes = *size;
+  }
+  // The copy-on-write store of a cycle, per volume: blocks of the frozen
+  // image preserved before the guest overwrites them.
+  std::uint64_t cow_cap_bytes = 1ULL << 30;
+  if (auto c = args->Value("cow-cap")) {
+    auto size = core::ParseSize(*c);
+    if (!size.ok()) return ReportError(Status::InvalidArgument("--cow-cap: " + size.status().message()));
+    cow_cap_bytes = *size;
   }
   tracker::NbdServerOptions server_options;
   server_options.unix_socket = *args->Value("nbd-socket");
@@ -117,7 +126,7 @@ int TrackCommand(const std::vector<std::string>& argv) {
     if (!names.insert(named->first).second) {
       return ReportError(Status::InvalidArgument("volume name " + named->first + " is given twice"));
     }
-    volumes.push_back(Volume{named->first, named->second, nullptr, nullptr});
+    volumes.push_back(Volume{named->first, named->second, nullptr, nullptr, nullptr});
   }
 
   // Request buffers (up to 32 MiB each) come and go at I/O rate: keep them
@@ -135,6 +144,7 @@ int TrackCommand(const std::vector<std::string>& argv) {
 
   const std::string state_dir = StateDir(*args);
   std::vector<tracker::NbdExport> exports;
+  std::vector<tracker::ControlledVolume> controlled;
   for (auto& v : volumes) {
     core::FileBlockDeviceOptions device_options;
     device_options.direct_io = false;  // the page cache, like qemu-nbd's default
@@ -153,21 +163,27 @@ int TrackCommand(const std::vector<std::string>& argv) {
       std::fprintf(stderr, "blkrep: warning: %s/%s requires a resync: %s\n", guest.c_str(), v.name.c_str(),
                    report.resync_reason.c_str());
     }
-    exports.push_back(tracker::NbdExport{v.name, v.device.get(), v.journal.get()});
+    v.gate = std::make_unique<tracker::WriteGate>(v.device->fd());
+    exports.push_back(tracker::NbdExport{v.name, v.device.get(), v.journal.get(), v.gate.get()});
+    controlled.push_back(
+        tracker::ControlledVolume{v.name, v.path, v.device->SizeBytes(), v.journal.get(), v.gate.get()});
   }
+  tracker::CycleControl cycles(state_dir, guest, std::move(controlled), cow_cap_bytes);
   if (auto faults = args->Value("journal-faults")) {
     Status armed = ArmJournalFaults(fs, *faults);
     if (!armed.ok()) return ReportError(armed);
   }
 
   tracker::ControlServer control([&](const std::string& request) -> std::string {
+    std::string reply = cycles.Handle(request);
+    if (!reply.empty()) return reply;
     if (request != "inspect json" && request != "inspect text") return "error: unknown request\n";
     tracker::GuestReport report{guest, {}};
     for (auto& v : volumes) report.volumes.push_back(v.journal->Report());
     return request == "inspect json" ? tracker::GuestReportJson(report) : tracker::GuestReportText(report);
   });
-  Status controlled = control.Start(tracker::ControlSocketPath(state_dir, guest));
-  if (!controlled.ok()) return ReportError(controlled);
+  Status listening = control.Start(tracker::ControlSocketPath(state_dir, guest));
+  if (!listening.ok()) return ReportError(listening);
 
   tracker::NbdServer server(std::move(exports), server_options);
   Status started = server.Start();
@@ -183,6 +199,7 @@ int TrackCommand(const std::vector<std::string>& argv) {
 
   server.Shutdown();
   control.Stop();
+  cycles.AbortAll();
   int status = kExitOk;
   for (auto& v : volumes) {
     Status flushed = v.device->Flush();

@@ -1,11 +1,14 @@
 // Encoders and validating decoders for docs/journal-format.md.
 #include "tracker/journal_format.h"
 
+#include "core/names.h"
+
 #include <algorithm>
 #include <bit>
 #include <cstring>
 
 #include "core/bytes.h"
+#include "core/names.h"
 #include "core/hash.h"
 
 namespace blkrep::tracker::journal_format {
@@ -83,14 +86,7 @@ bool ValidKind(std::uint8_t kind) { return kind <= static_cast<std::uint8_t>(Set
 
 }  // namespace
 
-bool IsValidName(std::string_view name) {
-  if (name.empty() || name.size() > kMaxNameBytes) return false;
-  if (name[0] == '.' || name[0] == '-') return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '-';
-  });
-}
+bool IsValidName(std::string_view name) { return core::IsValidName(name); }
 
 std::vector<std::byte> EncodeHeader(const FileHeader& h) {
   std::vector<std::byte> out(kHeaderBytes, std::byte{0});

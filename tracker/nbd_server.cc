@@ -308,6 +308,23 @@ struct Pending {
   nbd::Request request;
   Buffer buffer;
   std::uint64_t cost = 0;
+  WriteGate* gate = nullptr;  // a write that entered it: Exit when done
+};
+
+// Holds a write, trim or write-zeroes inside the export's gate.
+class GateScope {
+ public:
+  GateScope(WriteGate* gate, std::uint64_t offset, std::uint64_t length) : gate_(gate) {
+    if (gate_) gate_->Enter(offset, length);
+  }
+  ~GateScope() {
+    if (gate_) gate_->Exit();
+  }
+  GateScope(const GateScope&) = delete;
+  GateScope& operator=(const GateScope&) = delete;
+
+ private:
+  WriteGate* gate_;
 };
 
 std::uint16_t TransmissionFlags(const NbdServer::Connection& c) {
@@ -588,6 +605,11 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
             c.Release(cost);
             return;  // the client vanished mid-request: nothing was written
           }
+          // Inside the gate before it is marked: a freeze waits for it.
+          if (e.gate) {
+            e.gate->Enter(r.offset, r.length);
+            p->gate = e.gate;
+          }
           // Invariant 1: durable in the journal before it reaches the volume.
           (void)e.journal->MarkDirty(r.offset, r.length);
           p->op.kind = core::AsyncOp::Kind::kWrite;
@@ -609,6 +631,7 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
         Pending* raw = p.release();
         raw->op.done = [raw](Status s) {
           std::unique_ptr<Pending> owned(raw);
+          if (owned->gate) owned->gate->Exit();
           auto conn_ref = owned->conn;  // keeps the connection alive for the reply
           NbdServer::Connection& cc = *conn_ref;
           const nbd::Request rq = owned->request;
@@ -626,6 +649,7 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
       case nbd::kCmdTrim: {
         // A hint: discard what the storage can discard cheaply, never write
         // zeroes for it. Tracked like a write all the same.
+        GateScope gated(e.gate, r.offset, r.length);
         (void)e.journal->MarkDirty(r.offset, r.length);
         Status s = Discard(volume_fd, is_block_device, r.offset, r.length);
         if (s.ok() && (r.flags & nbd::kCmdFlagFua)) s = e.device->Flush();
@@ -641,6 +665,7 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
           c.SendError(r, nbd::kEnotsup, "the volume cannot zero ranges quickly", cost);
           continue;
         }
+        GateScope gated(e.gate, r.offset, r.length);
         (void)e.journal->MarkDirty(r.offset, r.length);
         Status s = fast ? FastZero(volume_fd, is_block_device, r.offset, r.length, may_unmap)
                         : e.device->WriteZeroes(r.offset, r.length, may_unmap);

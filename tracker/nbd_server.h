@@ -32,6 +32,7 @@
 #include "core/async_io.h"
 #include "core/file_block_device.h"
 #include "core/status.h"
+#include "tracker/cycle_control.h"
 #include "tracker/journal.h"
 
 namespace blkrep::tracker {
@@ -40,6 +41,9 @@ struct NbdExport {
   std::string name;
   core::FileBlockDevice* device = nullptr;  // not owned
   Journal* journal = nullptr;               // not owned
+  // Every write, trim and write-zeroes passes it (freezes, copy-on-write).
+  // Optional; not owned.
+  WriteGate* gate = nullptr;
 };
 
 struct NbdServerOptions {

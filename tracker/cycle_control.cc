@@ -1,0 +1,195 @@
+#include "tracker/cycle_control.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sstream>
+
+#include "tracker/journal_format.h"
+
+namespace blkrep::tracker {
+
+using core::Result;
+using core::Status;
+
+void WriteGate::Enter(std::uint64_t offset_bytes, std::uint64_t length_bytes) {
+  std::shared_ptr<CowStore> store;
+  {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return !paused_; });
+    ++in_flight_;
+    store = store_;
+  }
+  if (store) store->Preserve(volume_fd_, offset_bytes, length_bytes);
+}
+
+void WriteGate::Exit() {
+  std::lock_guard lock(mu_);
+  if (--in_flight_ == 0 && paused_) cv_.notify_all();
+}
+
+void WriteGate::Pause() {
+  std::unique_lock lock(mu_);
+  paused_ = true;
+  cv_.wait(lock, [&] { return in_flight_ == 0; });
+}
+
+void WriteGate::Resume() {
+  std::lock_guard lock(mu_);
+  paused_ = false;
+  cv_.notify_all();
+}
+
+void WriteGate::Attach(std::shared_ptr<CowStore> store) {
+  std::lock_guard lock(mu_);
+  store_ = std::move(store);
+}
+
+void WriteGate::Detach() {
+  std::lock_guard lock(mu_);
+  store_.reset();
+}
+
+namespace {
+
+std::vector<std::string> Words(const std::string& line) {
+  std::istringstream in(line);
+  std::vector<std::string> words;
+  for (std::string w; in >> w;) words.push_back(w);
+  return words;
+}
+
+Status MakeDirs(const std::string& path) {
+  std::string partial;
+  for (std::size_t i = 0; i <= path.size(); ++i) {
+    if (i == path.size() || path[i] == '/') {
+      if (!partial.empty() && ::mkdir(partial.c_str(), 0700) != 0 && errno != EEXIST) {
+        return core::ErrnoStatus(errno, "create directory " + partial);
+      }
+    }
+    if (i < path.size()) partial += path[i];
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::string CycleControl::Handle(const std::string& request) {
+  std::vector<std::string> w = Words(request);
+  if (w.empty()) return "";
+  const std::string& verb = w[0];
+  if (verb != "add-target" && verb != "freeze" && verb != "commit" && verb != "abort") return "";
+  if (w.size() < 2 || !journal_format::IsValidName(w[1])) return "error: " + verb + " needs a job name\n";
+  const std::string& job = w[1];
+  Status s;
+  if (verb == "add-target") {
+    s = AddTarget(job);
+  } else if (verb == "freeze") {
+    std::string reason;
+    if (w.size() >= 3 && w[2] == "resync") {
+      std::size_t at = request.find("resync");
+      reason = request.substr(at + 6);
+      while (!reason.empty() && reason.front() == ' ') reason.erase(0, 1);
+      if (reason.empty()) reason = "requested";
+    }
+    Result<std::string> reply = Freeze(job, reason);
+    if (reply.ok()) return *reply;
+    s = reply.status();
+  } else {
+    s = Finish(job, verb == "commit");
+  }
+  if (!s.ok()) return "error: " + s.ToString() + "\n";
+  return "ok\n";
+}
+
+Status CycleControl::AddTarget(const std::string& job) {
+  for (const ControlledVolume& v : volumes_) {
+    JournalReport report = v.journal->Report();
+    bool present = false;
+    for (const TargetReport& t : report.targets) present = present || t.name == job;
+    if (!present) BLKREP_RETURN_IF_ERROR(v.journal->AddTarget(job));
+  }
+  return Status::Ok();
+}
+
+Result<std::string> CycleControl::Freeze(const std::string& job, const std::string& resync_reason) {
+  // A cycle left frozen by a shipper that died is abandoned first.
+  if (frozen_.count(job)) BLKREP_RETURN_IF_ERROR(Finish(job, false));
+  for (const ControlledVolume& v : volumes_) {
+    JournalReport report = v.journal->Report();
+    for (const TargetReport& t : report.targets) {
+      if (t.name == job && t.frozen_epoch) BLKREP_RETURN_IF_ERROR(v.journal->Abort(job, *t.frozen_epoch));
+    }
+  }
+  std::string dir = state_dir_ + "/cow/" + guest_;
+  BLKREP_RETURN_IF_ERROR(MakeDirs(dir));
+
+  for (ControlledVolume& v : volumes_) v.gate->Pause();
+  // From here on no write is in flight and none starts: this is the instant.
+  Frozen frozen;
+  std::ostringstream reply;
+  reply << "ok\n";
+  Status failed;
+  std::vector<FrozenCycle> cycles;
+  for (const ControlledVolume& v : volumes_) {
+    if (!resync_reason.empty()) {
+      failed = v.journal->RequireResync(job, resync_reason);
+      if (!failed.ok()) break;
+    }
+    Result<FrozenCycle> cycle = v.journal->Freeze(job);
+    if (!cycle.ok()) {
+      failed = cycle.status().WithContext("volume " + v.name);
+      break;
+    }
+    frozen.epochs.push_back(cycle->epoch);
+    cycles.push_back(std::move(cycle).value());
+    Result<std::unique_ptr<CowStore>> store =
+        CowStore::Create(CowStorePath(state_dir_, guest_, v.name), v.journal->block_size_bytes(), v.size_bytes,
+                         cycles.back().epoch, cycles.back().blocks, cow_cap_bytes_);
+    if (!store.ok()) {
+      failed = store.status();
+      frozen.stores.push_back(nullptr);
+      break;
+    }
+    frozen.stores.push_back(std::move(store).value());
+  }
+  if (failed.ok()) {
+    for (std::size_t i = 0; i < volumes_.size(); ++i) volumes_[i].gate->Attach(frozen.stores[i]);
+  }
+  for (ControlledVolume& v : volumes_) v.gate->Resume();
+  if (!failed.ok()) {
+    for (std::size_t i = 0; i < frozen.epochs.size(); ++i) {
+      (void)volumes_[i].journal->Abort(job, frozen.epochs[i]);
+      if (i < frozen.stores.size() && frozen.stores[i]) ::unlink(frozen.stores[i]->path().c_str());
+    }
+    return failed;
+  }
+  for (std::size_t i = 0; i < volumes_.size(); ++i) {
+    reply << "volume " << volumes_[i].name << ' ' << cycles[i].epoch << ' ' << CycleModeName(cycles[i].mode) << ' '
+          << cycles[i].blocks.Count() << ' ' << frozen.stores[i]->path() << '\n';
+  }
+  frozen_[job] = std::move(frozen);
+  return reply.str();
+}
+
+Status CycleControl::Finish(const std::string& job, bool commit) {
+  auto it = frozen_.find(job);
+  if (it == frozen_.end()) return Status::NotFound("no cycle of job " + job + " is frozen");
+  Frozen frozen = std::move(it->second);
+  frozen_.erase(it);
+  Status result;
+  for (std::size_t i = 0; i < volumes_.size(); ++i) {
+    volumes_[i].gate->Detach();
+    if (frozen.stores[i]) ::unlink(frozen.stores[i]->path().c_str());
+    Status s = commit ? volumes_[i].journal->Commit(job, frozen.epochs[i])
+                      : volumes_[i].journal->Abort(job, frozen.epochs[i]);
+    if (!s.ok() && result.ok()) result = s.WithContext("volume " + volumes_[i].name);
+  }
+  return result;
+}
+
+void CycleControl::AbortAll() {
+  while (!frozen_.empty()) (void)Finish(frozen_.begin()->first, false);
+}
+
+}  // namespace blkrep::tracker
