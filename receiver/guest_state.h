@@ -1,0 +1,95 @@
+// The guest state file DIR/GUEST/state: what the receiver has committed for
+// each volume of a guest, and the cycle it is receiving or applying.
+//
+// Format (all integers little-endian):
+//   u32 magic "BKRG" (0x47524B42)   u32 version (1)
+//   u16-length job                  u64 next_staging_id   u32 attempt
+//   u64 cycle_id (0: no cycle)      u8 mode (CycleMode)   u8 apply_pending
+//   u32 volume count, then per volume:
+//     u16-length name  u64 size_bytes  u32 block_size_bytes  u64 committed_epoch
+//     u8 incomplete
+//     u64 staging_id (0: none)  u8 staging_in_place  u64 staging_base_epoch
+//     u64 staging_volume_size_bytes  u32 staging_block_size_bytes
+//     u8 in_cycle  u64 cycle_epoch  u64 cycle_block_count
+//     u64 data_blocks  u64 zero_blocks  u64 kept_blocks   (set once CYCLE_END was validated)
+//   u64 xxh3-64 of every byte before it
+// The file is small and only ever replaced whole (WriteGuestStateFile:
+// write "state.tmp", fdatasync, rename over "state", fsync the directory), so
+// a reader sees either the old or the new state, never a mix.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/file_system.h"
+#include "core/status.h"
+
+namespace blkrep::receiver {
+
+inline constexpr const char* kStateFileName = "state";
+inline constexpr const char* kLockFileName = ".lock";
+inline constexpr const char* kStagingDirName = ".staging";
+
+// Staged blocks of one volume: the files .staging/NAME.data and NAME.index
+// (staging.h) whose header carries staging_id.
+struct StagingInfo {
+  std::uint64_t staging_id = 0;  // 0: nothing staged
+  // The blocks were written into the replica itself (a full or resync cycle)
+  // and the index only records their hashes.
+  bool in_place = false;
+  std::uint64_t base_epoch = 0;  // the committed epoch the staged blocks apply on top of
+  std::uint64_t volume_size_bytes = 0;
+  std::uint32_t block_size_bytes = 0;
+};
+
+struct VolumeState {
+  std::string name;
+  std::uint64_t size_bytes = 0;  // the volume size of the last cycle begun on it
+  std::uint32_t block_size_bytes = 0;
+  std::uint64_t committed_epoch = 0;  // 0: never committed
+  // A full/resync cycle started writing the replica in place and did not
+  // commit: the replica is no complete cycle.
+  bool incomplete = false;
+  StagingInfo staging;
+  // Part of the guest's current cycle (GuestState::cycle_id != 0).
+  bool in_cycle = false;
+  std::uint64_t cycle_epoch = 0;
+  std::uint64_t cycle_block_count = 0;
+  // What CYCLE_END confirmed; the apply checks the index against these.
+  std::uint64_t data_blocks = 0;
+  std::uint64_t zero_blocks = 0;
+  std::uint64_t kept_blocks = 0;
+};
+
+struct GuestState {
+  std::string job;
+  std::uint64_t next_staging_id = 1;
+  // Incremented by every CYCLE_BEGIN; index records carry it, so the records
+  // of the current attempt tell apart from blocks staged by earlier ones.
+  std::uint32_t attempt = 0;
+  std::uint64_t cycle_id = 0;  // the cycle begun last and not committed; 0 none
+  std::uint8_t mode = 0;       // proto::CycleMode of that cycle
+  // CYCLE_END was validated and the staging is durable: the cycle must be
+  // applied (redone after a crash) before anything else.
+  bool apply_pending = false;
+  std::vector<VolumeState> volumes;
+
+  VolumeState* Find(const std::string& name);
+  const VolumeState* Find(const std::string& name) const;
+};
+
+std::vector<std::byte> EncodeGuestState(const GuestState& state);
+// kCorruption when the bytes are not a state file of this version.
+core::Result<GuestState> DecodeGuestState(std::span<const std::byte> bytes);
+
+// The state of the guest whose directory is `guest_dir`; an empty state when
+// there is no state file yet.
+core::Result<GuestState> ReadGuestStateFile(core::FileSystem& fs, const std::string& guest_dir);
+// Replaces the state file atomically and durably (see the design note).
+core::Status WriteGuestStateFile(core::FileSystem& fs, const std::string& guest_dir,
+                                 const GuestState& state);
+
+}  // namespace blkrep::receiver

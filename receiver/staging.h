@@ -1,0 +1,175 @@
+// Staging of one volume's blocks of a cycle: DIR/GUEST/.staging/NAME.data
+// and DIR/GUEST/.staging/NAME.index.
+//
+// Design note. The data file holds the received blocks of an incremental
+// cycle, block i of a batch in slot s at byte s * block_size (a volume's short
+// last block leaves the rest of its slot unused). Slots are handed out in
+// increasing order and a slot named by a durable index record is never
+// written again, so a durable record's data stays what it was. Full and
+// resync cycles write into the replica itself and use no data file.
+//
+// The index is an append-only log. Records are appended only after the data
+// (or the in-place replica writes) they describe were made durable, so a
+// durable record always describes durable bytes. A record torn or corrupt
+// at the end of the log (the receiver died while appending) ends the log; the
+// next writer cuts it off (TruncateToValid) before appending.
+//
+// Index format (all integers little-endian):
+//   header, 32 bytes: u32 magic "BKRX" (0x58524B42), u32 version (1),
+//     u64 staging_id (must equal the guest state's), u32 block_size_bytes,
+//     u32 reserved (0), u64 xxh3-64 of the header's first 24 bytes.
+//   record: u32 magic "BKRR" (0x52524B42), u8 kind, u8 0, u16 0,
+//     u32 attempt (GuestState::attempt of the cycle that wrote it), u32 0,
+//     u64 first_block, u64 block_count, u64 first_slot (data records of
+//     staged cycles; kNoSlot otherwise),
+//     block_count x u64 xxh3-64 of each block (data and keep records only;
+//     then block_count <= kMaxHashesPerRecord),
+//     u64 xxh3-64 of every byte of the record before it.
+//   kinds: 1 data (blocks received; in the data file from first_slot, or in
+//     place), 2 zero (blocks that are all zero), 3 keep (blocks kept from an
+//     earlier attempt's data records), 4 drop (an earlier attempt's blocks of
+//     the range are about to be overwritten in place: no longer staged).
+//
+// What is staged ("candidates", reported in STAGED_HASHES) is, per block,
+// the last data record of an attempt before the current one, unless a later
+// zero or drop record covers the block. Keep records change nothing there:
+// they point at the candidate that was current when they were written.
+//
+// Thread safety: one thread per StagingFiles.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/file_system.h"
+#include "core/status.h"
+
+namespace blkrep::receiver {
+
+inline constexpr std::uint64_t kNoSlot = ~std::uint64_t{0};
+inline constexpr std::uint64_t kMaxHashesPerRecord = 65536;
+
+enum class RecordKind : std::uint8_t { kData = 1, kZero = 2, kKeep = 3, kDrop = 4 };
+
+struct IndexRecord {
+  RecordKind kind = RecordKind::kData;
+  std::uint32_t attempt = 0;
+  std::uint64_t first_block = 0;
+  std::uint64_t block_count = 0;
+  std::uint64_t first_slot = kNoSlot;
+  std::vector<std::uint64_t> hashes;  // data and keep: one per block
+};
+
+// Appends the encoding of `record` to `out`.
+// REQUIRES: hashes.size() == block_count for data/keep (<= kMaxHashesPerRecord), empty otherwise.
+void EncodeIndexRecord(const IndexRecord& record, std::vector<std::byte>& out);
+
+// A block staged by an earlier attempt: its content hash and where it is.
+struct StagedBlock {
+  std::uint64_t block = 0;
+  std::uint64_t hash = 0;
+  std::uint64_t slot = kNoSlot;  // kNoSlot: in the replica (in-place staging)
+};
+static_assert(sizeof(StagedBlock) == 24);
+
+// Sorted by block, one entry per block.
+class StagedBlocks {
+ public:
+  StagedBlocks() = default;
+  explicit StagedBlocks(std::vector<StagedBlock> sorted) : blocks_(std::move(sorted)) {}
+  const StagedBlock* Find(std::uint64_t block) const;
+  // Whether any block of [first, first + count) is staged.
+  bool AnyIn(std::uint64_t first, std::uint64_t count) const;
+  const std::vector<StagedBlock>& blocks() const { return blocks_; }
+  std::size_t size() const { return blocks_.size(); }
+
+ private:
+  std::vector<StagedBlock> blocks_;
+};
+
+// One bit per block of a volume.
+class BlockBitmap {
+ public:
+  explicit BlockBitmap(std::uint64_t block_count = 0)
+      : block_count_(block_count), words_((block_count + 63) / 64) {}
+  bool Test(std::uint64_t block) const { return (words_[block / 64] >> (block % 64)) & 1; }
+  void Set(std::uint64_t block) { words_[block / 64] |= std::uint64_t{1} << (block % 64); }
+  // The first set block in [first, first + count), or kNoSlot.
+  // REQUIRES: the range lies inside the bitmap.
+  std::uint64_t FirstSetIn(std::uint64_t first, std::uint64_t count) const;
+  void SetRange(std::uint64_t first, std::uint64_t count);
+  std::uint64_t block_count() const { return block_count_; }
+
+ private:
+  std::uint64_t block_count_;
+  std::vector<std::uint64_t> words_;
+};
+
+// The staging files of one volume. Owns its open files.
+class StagingFiles {
+ public:
+  // Creates empty files for a new staging (any old ones are replaced) and
+  // makes them and the directory entries durable.
+  static core::Result<std::unique_ptr<StagingFiles>> Create(core::FileSystem& fs, const std::string& staging_dir,
+                                                            const std::string& name, std::uint64_t staging_id,
+                                                            std::uint32_t block_size_bytes);
+  // Opens the files of an existing staging and scans the index to its last
+  // valid record. kNotFound when a file is missing; kCorruption when the
+  // header is bad or names another staging_id or block size.
+  static core::Result<std::unique_ptr<StagingFiles>> Open(core::FileSystem& fs, const std::string& staging_dir,
+                                                          const std::string& name, std::uint64_t staging_id,
+                                                          std::uint32_t block_size_bytes);
+  // Removes both files of `name` (missing ones are fine).
+  static core::Status Remove(core::FileSystem& fs, const std::string& staging_dir, const std::string& name);
+
+  // The blocks staged by attempts before `attempt_limit` (see the design
+  // note). REQUIRES: every record lies inside a volume of volume_blocks
+  // blocks, else kCorruption.
+  core::Result<StagedBlocks> LoadCandidates(std::uint32_t attempt_limit, std::uint64_t volume_blocks);
+  // Calls `fn` for every valid record, in log order.
+  core::Status ForEachRecord(const std::function<core::Status(const IndexRecord&)>& fn);
+  // Cuts off a torn tail after the last valid record, durably.
+  core::Status TruncateToValid();
+  // Bytes of valid records (with the header), and whether a torn tail follows.
+  std::uint64_t valid_bytes() const { return valid_bytes_; }
+  bool has_torn_tail() const { return index_size_bytes_ != valid_bytes_; }
+  // The first slot after every slot a valid data record names.
+  std::uint64_t next_slot() const { return next_slot_; }
+
+  core::Status WriteData(std::uint64_t slot, std::span<const std::byte> data);
+  core::Status ReadData(std::uint64_t slot, std::span<std::byte> out);
+
+  // Queues a record; it is written by the next Flush.
+  void AddRecord(const IndexRecord& record);
+  bool HasPending() const { return !pending_.empty() || data_dirty_; }
+  // Makes queued records durable: fdatasync of the data file if it was
+  // written, then the records are appended and the index fdatasync'ed.
+  // REQUIRES: in-place writes the records describe are durable already.
+  core::Status Flush();
+
+ private:
+  StagingFiles(std::string index_path, std::unique_ptr<core::File> index, std::unique_ptr<core::File> data,
+               std::uint32_t block_size_bytes);
+  core::Status Scan();
+  // Reads the record at `offset`; kEndOfData for a torn or corrupt record.
+  core::Result<IndexRecord> ReadRecord(std::uint64_t offset, std::uint64_t* next_offset);
+
+  std::string index_path_;
+  std::unique_ptr<core::File> index_;
+  std::unique_ptr<core::File> data_;
+  std::uint32_t block_size_bytes_;
+  std::uint64_t index_size_bytes_ = 0;
+  std::uint64_t valid_bytes_ = 0;
+  std::uint64_t next_slot_ = 0;
+  std::vector<std::uint64_t> record_offsets_;
+  std::vector<std::byte> pending_;
+  std::vector<std::uint64_t> pending_offsets_;  // of each queued record in pending_
+  std::uint64_t pending_next_slot_ = 0;
+  bool data_dirty_ = false;
+};
+
+}  // namespace blkrep::receiver
