@@ -11,6 +11,7 @@
 
 #include "core/bytes.h"
 #include "core/hash.h"
+#include "core/names.h"
 
 namespace blkrep::proto {
 
@@ -236,14 +237,21 @@ Result<RawFrame> FrameReader::Next() {
 // ---- the validator ----
 
 bool ValidWireName(std::string_view name) {
-  if (name.empty() || name.size() > kMaxNameBytes || name == "." || name == "..") return false;
-  for (char c : name) {
-    bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
-              c == '_' || c == '-';
-    if (!ok) return false;
-  }
-  return true;
+  // The journal's rule (tracker/journal_format.h), so a name that travels
+  // is one a replica path can be built from.
+  return core::IsValidName(name);
 }
+
+namespace {
+// A name for an error message: printable ASCII only, at most 80 bytes.
+std::string Printable(std::string_view text) {
+  std::string out;
+  for (char c : text.substr(0, 80)) {
+    out += static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f ? c : '?';
+  }
+  return out;
+}
+}  // namespace
 
 std::uint64_t SessionContext::BlockCount(std::uint32_t volume) const {
   const VolumeInfo& v = volumes.at(volume);
@@ -291,7 +299,7 @@ class Checker {
 };
 
 Status CheckVolumeInfo(const Checker& c, const VolumeInfo& v) {
-  if (!ValidWireName(v.name())) return c.Fail("bad volume name \"" + v.name().substr(0, 80) + "\"");
+  if (!ValidWireName(v.name())) return c.Fail("bad volume name \"" + Printable(v.name()) + "\"");
   std::uint32_t bs = v.block_size_bytes();
   if (bs < kMinBlockSizeBytes || bs > kMaxBlockSizeBytes || (bs & (bs - 1)) != 0) {
     return c.Fail("volume " + v.name() + ": block size " + std::to_string(bs) +
@@ -365,7 +373,8 @@ Result<Message> DecodeBlocks(const RawFrame& f, const Checker& c, const SessionC
   BLKREP_ASSIGN_OR_RETURN(Blocks m, Parse<Blocks>(f, c));
   BLKREP_RETURN_IF_ERROR(c.Volume(m.volume()));
   const VolumeInfo& v = s.volumes[m.volume()];
-  if (m.block_count() == 0 || std::uint64_t{m.block_count()} * v.block_size_bytes() > kMaxBatchBytes) {
+  if (m.block_count() == 0) return c.Fail("empty block range at block " + std::to_string(m.first_block()));
+  if (std::uint64_t{m.block_count()} * v.block_size_bytes() > kMaxBatchBytes) {
     return c.Fail(std::to_string(m.block_count()) + " blocks of " + std::to_string(v.block_size_bytes()) +
                   " bytes exceed the batch cap of " + std::to_string(kMaxBatchBytes) + " bytes");
   }

@@ -5,7 +5,7 @@ set -eu
 
 packages="g++ cmake make pkg-config
   liburing-dev libblkid-dev libzstd-dev libxxhash-dev
-  libprotobuf-dev protobuf-compiler libsqlite3-dev
+  libprotobuf-dev protobuf-compiler libsqlite3-dev libssl-dev openssl openssh-client
   libgtest-dev libgmock-dev nlohmann-json3-dev
   e2fsprogs util-linux xxd
   qemu-utils libnbd-bin python3-libnbd nbdfuse fuse3 fio"
