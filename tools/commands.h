@@ -9,5 +9,10 @@ namespace blkrep::tools {
 
 int JournalCommand(const std::vector<std::string>& argv);
 int TrackCommand(const std::vector<std::string>& argv);
+int ReceiveCommand(const std::vector<std::string>& argv);
+int TargetCommand(const std::vector<std::string>& argv);
+int CreateLocalJobCommand(const std::vector<std::string>& argv);
+int RunCommand(const std::vector<std::string>& argv);
+int StatusCommand(const std::vector<std::string>& argv);
 
 }  // namespace blkrep::tools

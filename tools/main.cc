@@ -17,6 +17,12 @@ constexpr const char* kUsage =
     "  journal inspect GUEST [--json]     what the journal of GUEST holds\n"
     "  journal write GUEST NAME=VOLUME --offset SIZE --length SIZE [...]\n"
     "                                     write to a volume through the tracking layer\n"
+    "  receive --stdio --replica-dir DIR  receive one session on stdin/stdout\n"
+    "  target add NAME (--exec CMD | --ssh [USER@]HOST | --connect HOST:PORT) [auth options]\n"
+    "  target list [--json]               where replicas go\n"
+    "  create-local-job JOBID TARGET [--schedule SPEC] [--rate MBPS] [--comment TEXT] [--disable]\n"
+    "  run [--id JOBID] [--verbose]       run due jobs, or one job now\n"
+    "  status [--json]                    the jobs and their state\n"
     "  version                            print the version\n"
     "\n"
     "common options: --state-dir DIR (default $BLKREP_STATE_DIR or /var/lib/blkrep)\n";
@@ -33,6 +39,11 @@ int main(int argc, char** argv) {
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (command == "journal") return blkrep::tools::JournalCommand(rest);
   if (command == "track") return blkrep::tools::TrackCommand(rest);
+  if (command == "receive") return blkrep::tools::ReceiveCommand(rest);
+  if (command == "target") return blkrep::tools::TargetCommand(rest);
+  if (command == "create-local-job") return blkrep::tools::CreateLocalJobCommand(rest);
+  if (command == "run") return blkrep::tools::RunCommand(rest);
+  if (command == "status") return blkrep::tools::StatusCommand(rest);
   if (command == "version" || command == "--version") {
     std::printf("blkrep %s\n", BLKREP_VERSION);
     return blkrep::tools::kExitOk;

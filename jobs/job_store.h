@@ -1,0 +1,81 @@
+// JobStore: replication targets, job definitions and job state in SQLite
+// (STATE/blkrep.db, WAL), pvesr's model (DESIGN.md, "Jobs").
+//
+// Design note. One row per target (how to reach a receiver) and one per job
+// (GUEST-N replicating every volume of GUEST to one target). A job's state
+// columns are what `blkrep status` shows; a run updates them in one
+// transaction at its start (state syncing) and one at its end. SQLite's WAL
+// lets `status` read while a run writes. Every statement is prepared; no
+// text from the command line is ever spliced into SQL.
+//
+// Thread safety: one JobStore per thread; several processes may open the
+// same database (SQLite locks; a busy timeout of 10 s).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+struct sqlite3;
+
+namespace blkrep::jobs {
+
+struct Target {
+  std::string name;
+  std::vector<std::string> args;  // e.g. {"--exec", "blkrep receive --stdio ..."}
+};
+
+struct Job {
+  std::string id;       // GUEST-N
+  std::string guest;
+  std::string target;
+  std::string schedule = "*/15";
+  double rate_mbps = 0;  // 0: no limit (10^6 bytes per second otherwise)
+  std::string comment;
+  bool enabled = true;
+  // State.
+  std::string state = "ok";  // ok, syncing, error, resync-required, suspended
+  std::string error;
+  std::uint64_t fail_count = 0;
+  std::optional<std::int64_t> last_sync;   // epoch seconds of the last success
+  std::optional<std::int64_t> last_try;    // epoch seconds of the last start
+  double duration_s = 0;                   // of the last run
+  std::string last_mode;                   // full, incremental, resync
+  std::uint64_t last_bytes_sent = 0;
+  std::uint64_t last_blocks_sent = 0;
+};
+
+// GUEST-N with a valid guest name and N a decimal number.
+core::Status ValidateJobId(const std::string& id, std::string* guest);
+
+class JobStore {
+ public:
+  // Opens (creating) STATE/blkrep.db.
+  static core::Result<std::unique_ptr<JobStore>> Open(const std::string& state_dir);
+  ~JobStore();
+  JobStore(const JobStore&) = delete;
+  JobStore& operator=(const JobStore&) = delete;
+
+  core::Status AddTarget(const Target& target);  // kInvalidArgument if it exists
+  core::Result<Target> GetTarget(const std::string& name);
+  core::Result<std::vector<Target>> ListTargets();
+
+  // kInvalidArgument if the id exists, or the guest already has a job to
+  // that target, or the target is unknown.
+  core::Status CreateJob(const Job& job);
+  core::Result<Job> GetJob(const std::string& id);  // kNotFound
+  core::Result<std::vector<Job>> ListJobs();
+  // Writes every column of `job` (found by id).
+  core::Status SaveJob(const Job& job);
+
+ private:
+  explicit JobStore(sqlite3* db) : db_(db) {}
+  core::Status Exec(const std::string& sql);
+  sqlite3* db_;
+};
+
+}  // namespace blkrep::jobs

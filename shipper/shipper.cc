@@ -1,0 +1,447 @@
+#include "shipper/shipper.h"
+
+#include <zstd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <variant>
+
+#include "core/async_io.h"
+#include "core/file_block_device.h"
+#include "core/hash.h"
+#include "shipper/zero_block.h"
+
+namespace blkrep::shipper {
+
+using core::Result;
+using core::Status;
+using proto::FrameType;
+
+namespace {
+
+struct FreeDeleter {
+  void operator()(std::byte* p) const { std::free(p); }
+};
+
+struct OutFrame {
+  FrameType type;
+  std::variant<proto::Blocks, proto::Zeroes, proto::Keep> message;
+};
+
+struct Batch {
+  std::uint32_t volume = 0;
+  std::uint64_t first_block = 0;
+  std::uint32_t block_count = 0;
+  std::size_t raw_length = 0;
+  std::unique_ptr<std::byte, FreeDeleter> buffer;
+  core::AsyncOp op;
+  Status status;
+  std::vector<OutFrame> frames;
+};
+
+// Walks the frozen blocks of every volume as batches: runs of set bits, cut
+// at the batch size.
+class BatchCursor {
+ public:
+  BatchCursor(const std::vector<VolumeSource>& volumes, std::uint32_t batch_bytes)
+      : volumes_(volumes), batch_bytes_(batch_bytes) {}
+
+  // Fills `b`'s position; false when every block was handed out.
+  bool Next(Batch& b) {
+    while (volume_ < volumes_.size()) {
+      const VolumeSource& v = volumes_[volume_];
+      const tracker::DirtyBitmap& bits = v.blocks;
+      std::uint64_t n = bits.block_count();
+      // Skip clear words quickly.
+      while (block_ < n) {
+        std::uint64_t w = bits.Word(block_);
+        if (w == 0) {
+          block_ += 64;
+          continue;
+        }
+        block_ += static_cast<std::uint64_t>(__builtin_ctzll(w));
+        break;
+      }
+      if (block_ >= n) {
+        ++volume_;
+        block_ = 0;
+        continue;
+      }
+      std::uint64_t max_blocks = std::max<std::uint64_t>(1, batch_bytes_ / v.block_size_bytes);
+      std::uint64_t end = block_;
+      while (end < n && end - block_ < max_blocks && bits.Test(end)) ++end;
+      b.volume = static_cast<std::uint32_t>(volume_);
+      b.first_block = block_;
+      b.block_count = static_cast<std::uint32_t>(end - block_);
+      b.raw_length = RawLength(v, block_, end - block_);
+      block_ = end;
+      return true;
+    }
+    return false;
+  }
+
+  static std::size_t RawLength(const VolumeSource& v, std::uint64_t first, std::uint64_t count) {
+    std::uint64_t start = first * v.block_size_bytes;
+    std::uint64_t end = std::min<std::uint64_t>((first + count) * v.block_size_bytes, v.size_bytes);
+    return static_cast<std::size_t>(end - start);
+  }
+
+ private:
+  const std::vector<VolumeSource>& volumes_;
+  const std::uint32_t batch_bytes_;
+  std::size_t volume_ = 0;
+  std::uint64_t block_ = 0;
+};
+
+enum class Kind { kZero, kKeep, kData };
+
+// Turns one read batch into frames. Runs on a worker thread.
+void ProcessBatch(Batch& b, const VolumeSource& v, const std::unordered_map<std::uint64_t, std::uint64_t>& staged,
+                  int zstd_level, ZSTD_CCtx* cctx) {
+  const std::size_t bs = v.block_size_bytes;
+  std::byte* data = b.buffer.get();
+  auto block_span = [&](std::uint32_t i) {
+    std::size_t begin = std::size_t{i} * bs;
+    return std::span<std::byte>(data + begin, std::min(bs, b.raw_length - begin));
+  };
+  // The frozen image: a block the guest overwrote since the freeze comes
+  // from its preserved copy (see tracker/cow_store.h for why checking after
+  // the read is enough).
+  if (v.cow) {
+    for (std::uint32_t i = 0; i < b.block_count; ++i) {
+      Result<bool> preserved = v.cow->ReadPreserved(b.first_block + i, block_span(i));
+      if (!preserved.ok()) {
+        b.status = preserved.status();
+        return;
+      }
+    }
+  }
+  std::vector<Kind> kinds(b.block_count);
+  std::vector<std::uint64_t> hashes(b.block_count);
+  for (std::uint32_t i = 0; i < b.block_count; ++i) {
+    std::span<std::byte> blk = block_span(i);
+    if (IsZeroBlock(blk)) {
+      kinds[i] = Kind::kZero;
+      continue;
+    }
+    hashes[i] = core::Xxh3_64(blk);
+    auto it = staged.find(b.first_block + i);
+    kinds[i] = it != staged.end() && it->second == hashes[i] ? Kind::kKeep : Kind::kData;
+  }
+  for (std::uint32_t i = 0; i < b.block_count;) {
+    std::uint32_t j = i;
+    while (j < b.block_count && kinds[j] == kinds[i]) ++j;
+    std::uint64_t first = b.first_block + i;
+    if (kinds[i] == Kind::kZero) {
+      proto::Zeroes z;
+      z.set_volume(b.volume);
+      z.set_first_block(first);
+      z.set_block_count(j - i);
+      b.frames.push_back({FrameType::kZeroes, std::move(z)});
+    } else if (kinds[i] == Kind::kKeep) {
+      proto::Keep k;
+      k.set_volume(b.volume);
+      k.set_first_block(first);
+      for (std::uint32_t x = i; x < j; ++x) k.add_hashes(hashes[x]);
+      b.frames.push_back({FrameType::kKeep, std::move(k)});
+    } else {
+      proto::Blocks m;
+      m.set_volume(b.volume);
+      m.set_first_block(first);
+      m.set_block_count(j - i);
+      std::size_t begin = std::size_t{i} * bs;
+      std::size_t length = std::min(std::size_t{j} * bs, b.raw_length) - begin;
+      m.set_raw_length(static_cast<std::uint32_t>(length));
+      for (std::uint32_t x = i; x < j; ++x) m.add_hashes(hashes[x]);
+      bool compressed = false;
+      if (zstd_level != 0) {
+        std::string* out = m.mutable_payload();
+        out->resize(ZSTD_compressBound(length));
+        std::size_t n = ZSTD_compressCCtx(cctx, out->data(), out->size(), data + begin, length, zstd_level);
+        // Keep it only if it saves something worth the receiver's time.
+        if (!ZSTD_isError(n) && n < length - length / 32) {
+          out->resize(n);
+          m.set_compression(proto::COMPRESSION_ZSTD);
+          compressed = true;
+        }
+      }
+      if (!compressed) {
+        m.set_compression(proto::COMPRESSION_NONE);
+        m.set_payload(data + begin, length);
+      }
+      b.frames.push_back({FrameType::kBlocks, std::move(m)});
+    }
+    i = j;
+  }
+  if (v.cow) v.cow->MarkShipped(b.first_block, b.block_count);
+}
+
+}  // namespace
+
+Result<ReceiverState> ShipperSession::Hello(const std::string& guest, const std::string& job,
+                                            const std::vector<proto::VolumeInfo>& volumes) {
+  proto::Hello hello;
+  hello.set_protocol_version(proto::kProtocolVersion);
+  hello.set_min_protocol_version(proto::kProtocolVersion);
+  hello.set_feature_flags(proto::kKnownFeatures);
+  hello.set_guest(guest);
+  hello.set_job(job);
+  for (const proto::VolumeInfo& v : volumes) *hello.add_volumes() = v;
+  Status sent = writer_.Send(FrameType::kHello, hello);
+  if (!sent.ok()) return PeerError(sent);
+  session_.volumes = volumes;
+  BLKREP_ASSIGN_OR_RETURN(proto::Message reply, proto::ReadMessage(reader_, session_, {FrameType::kHelloReply}));
+  ReceiverState state;
+  const proto::HelloReply& r = std::get<proto::HelloReply>(reply);
+  state.volumes.assign(r.volumes().begin(), r.volumes().end());
+  state.staged.resize(volumes.size());
+  std::uint64_t total = 0;
+  for (;;) {
+    BLKREP_ASSIGN_OR_RETURN(proto::Message m, proto::ReadMessage(reader_, session_, {FrameType::kStagedHashes,
+                                                                                     FrameType::kStagedEnd}));
+    if (auto* end = std::get_if<proto::StagedEnd>(&m)) {
+      if (end->total_blocks() != total) {
+        return Status::Corruption("STAGED_END frame: " + std::to_string(end->total_blocks()) + " blocks announced, " +
+                                  std::to_string(total) + " received");
+      }
+      break;
+    }
+    const proto::StagedHashes& h = std::get<proto::StagedHashes>(m);
+    auto& map = state.staged[h.volume()];
+    for (int i = 0; i < h.hashes_size(); ++i) map[h.first_block() + static_cast<std::uint64_t>(i)] = h.hashes(i);
+    total += static_cast<std::uint64_t>(h.hashes_size());
+    if (total > (1ULL << 32)) return Status::Corruption("STAGED_HASHES frames: too many staged blocks");
+  }
+  return state;
+}
+
+Status ShipperSession::PeerError(const Status& write_error) {
+  if (write_error.code() != core::Code::kAborted && write_error.code() != core::Code::kIoError) return write_error;
+  // The receiver may have said why before it closed.
+  Result<proto::Message> m = proto::ReadMessage(reader_, session_, {});
+  if (!m.ok() && m.status().message().rfind("peer: ", 0) == 0) return m.status();
+  return write_error;
+}
+
+Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, std::vector<VolumeSource>& volumes,
+                                 const ReceiverState& receiver, const ShipOptions& options, ShipStats* stats) {
+  ShipStats local;
+  ShipStats& st = stats ? *stats : local;
+  proto::CycleBegin begin;
+  begin.set_cycle_id(cycle_id);
+  begin.set_mode(mode);
+  std::uint64_t total_bytes = 0;
+  for (std::size_t i = 0; i < volumes.size(); ++i) {
+    proto::VolumeCycle* vc = begin.add_volumes();
+    vc->set_volume(static_cast<std::uint32_t>(i));
+    vc->set_epoch(volumes[i].epoch);
+    vc->set_base_epoch(volumes[i].base_epoch);
+    vc->set_block_count(volumes[i].blocks.Count());
+    total_bytes += vc->block_count() * volumes[i].block_size_bytes;
+  }
+  Status sent = writer_.Send(FrameType::kCycleBegin, begin);
+  if (!sent.ok()) return PeerError(sent);
+
+  // Open every volume for reading: O_DIRECT where possible.
+  std::vector<std::unique_ptr<core::FileBlockDevice>> devices;
+  for (const VolumeSource& v : volumes) {
+    core::FileBlockDeviceOptions o;
+    o.read_only = true;
+    o.direct_io = true;
+    BLKREP_ASSIGN_OR_RETURN(auto device, core::FileBlockDevice::Open(v.path, o));
+    if (device->SizeBytes() < v.size_bytes) {
+      return Status::Aborted("volume " + v.path + " shrank to " + std::to_string(device->SizeBytes()) + " bytes");
+    }
+    devices.push_back(std::move(device));
+  }
+  const unsigned in_flight = std::max(1U, options.batches_in_flight);
+  const unsigned workers = std::max(1U, options.workers);
+  BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<core::AsyncIo> io, core::MakeAsyncIo(options.backend, in_flight * 2));
+  st.io_engine = std::string(io->name());
+
+  std::uint32_t batch_bytes = std::min(options.batch_bytes, proto::kMaxBatchBytes);
+  std::vector<std::unique_ptr<Batch>> pool;
+  const std::size_t pool_size = in_flight + workers + 2;
+  for (std::size_t i = 0; i < pool_size; ++i) {
+    auto b = std::make_unique<Batch>();
+    // A batch holds at least one block, whatever the batch size.
+    std::size_t bytes = batch_bytes;
+    for (const VolumeSource& v : volumes) bytes = std::max<std::size_t>(bytes, v.block_size_bytes);
+    void* p = std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+    if (!p) return Status::ResourceExhausted("cannot allocate read buffers");
+    b->buffer.reset(static_cast<std::byte*>(p));
+    pool.push_back(std::move(b));
+  }
+
+  std::mutex mu;
+  std::condition_variable work_cv, send_cv;
+  std::deque<Batch*> to_process;  // GUARDED_BY(mu)
+  std::deque<Batch*> to_send;     // GUARDED_BY(mu)
+  bool stopping = false;          // GUARDED_BY(mu)
+  std::vector<std::thread> threads;
+  for (unsigned w = 0; w < workers; ++w) {
+    threads.emplace_back([&] {
+      ZSTD_CCtx* cctx = ZSTD_createCCtx();
+      for (;;) {
+        Batch* b;
+        {
+          std::unique_lock lock(mu);
+          work_cv.wait(lock, [&] { return stopping || !to_process.empty(); });
+          if (to_process.empty()) break;
+          b = to_process.front();
+          to_process.pop_front();
+        }
+        if (b->status.ok()) ProcessBatch(*b, volumes[b->volume], receiver.staged[b->volume], options.zstd_level, cctx);
+        {
+          std::lock_guard lock(mu);
+          to_send.push_back(b);
+        }
+        send_cv.notify_one();
+      }
+      ZSTD_freeCCtx(cctx);
+    });
+  }
+
+  BatchCursor cursor(volumes, batch_bytes);
+  std::vector<Batch*> free_batches;
+  for (auto& b : pool) free_batches.push_back(b.get());
+  std::size_t outstanding = 0;
+  bool exhausted = false;
+  Status result;
+  std::uint64_t done_bytes = 0;
+  std::vector<proto::VolumeCount> counts(volumes.size());
+  auto submit = [&](Batch* b) {
+    const VolumeSource& v = volumes[b->volume];
+    const core::FileBlockDevice& dev = *devices[b->volume];
+    std::uint64_t offset = b->first_block * v.block_size_bytes;
+    bool aligned = b->raw_length % 4096 == 0;
+    b->status = Status::Ok();
+    b->frames.clear();
+    b->op = core::AsyncOp{};
+    b->op.kind = core::AsyncOp::Kind::kRead;
+    b->op.fd = aligned && dev.direct_fd() >= 0 ? dev.direct_fd() : dev.fd();
+    b->op.offset_bytes = offset;
+    b->op.buffer = b->buffer.get();
+    b->op.length_bytes = b->raw_length;
+    b->op.done = [&, b](Status s) {
+      b->status = s.WithContext("read " + volumes[b->volume].path);
+      {
+        std::lock_guard lock(mu);
+        to_process.push_back(b);
+      }
+      work_cv.notify_one();
+    };
+    io->Submit(&b->op);
+  };
+  while (true) {
+    // Keep `in_flight` reads going while buffers are free.
+    while (result.ok() && !exhausted && !free_batches.empty() && outstanding < pool_size) {
+      Batch* b = free_batches.back();
+      if (!cursor.Next(*b)) {
+        exhausted = true;
+        break;
+      }
+      free_batches.pop_back();
+      ++outstanding;
+      submit(b);
+    }
+    if (outstanding == 0) break;
+    Batch* b;
+    {
+      std::unique_lock lock(mu);
+      send_cv.wait(lock, [&] { return !to_send.empty(); });
+      b = to_send.front();
+      to_send.pop_front();
+    }
+    --outstanding;
+    free_batches.push_back(b);
+    if (!result.ok()) continue;  // draining after a failure
+    if (!b->status.ok()) {
+      result = b->status;
+      continue;
+    }
+    const VolumeSource& v = volumes[b->volume];
+    if (v.cow && v.cow->overflowed()) {
+      result = Status::ResourceExhausted(v.cow->overflow_reason());
+      continue;
+    }
+    proto::VolumeCount& c = counts[b->volume];
+    for (OutFrame& f : b->frames) {
+      Status s;
+      if (auto* m = std::get_if<proto::Blocks>(&f.message)) {
+        c.set_data_blocks(c.data_blocks() + m->block_count());
+        st.raw_bytes += m->raw_length();
+        st.payload_bytes += m->payload().size();
+        s = writer_.Send(f.type, *m);
+      } else if (auto* z = std::get_if<proto::Zeroes>(&f.message)) {
+        c.set_zero_blocks(c.zero_blocks() + z->block_count());
+        s = writer_.Send(f.type, *z);
+      } else {
+        auto& k = std::get<proto::Keep>(f.message);
+        c.set_kept_blocks(c.kept_blocks() + static_cast<std::uint64_t>(k.hashes_size()));
+        s = writer_.Send(f.type, k);
+      }
+      if (!s.ok()) {
+        result = PeerError(s);
+        break;
+      }
+    }
+    done_bytes += std::uint64_t{b->block_count} * v.block_size_bytes;
+    if (options.progress && result.ok()) options.progress(std::min(done_bytes, total_bytes), total_bytes);
+  }
+  {
+    std::lock_guard lock(mu);
+    stopping = true;
+  }
+  work_cv.notify_all();
+  for (auto& t : threads) t.join();
+  io.reset();  // waits for every read
+  // A block that could not be preserved broke the point in time.
+  for (const VolumeSource& v : volumes) {
+    if (result.ok() && v.cow && v.cow->overflowed()) result = Status::ResourceExhausted(v.cow->overflow_reason());
+  }
+  for (std::size_t i = 0; i < volumes.size(); ++i) {
+    st.data_blocks += counts[i].data_blocks();
+    st.zero_blocks += counts[i].zero_blocks();
+    st.kept_blocks += counts[i].kept_blocks();
+  }
+  if (!result.ok()) {
+    proto::Error e;
+    e.set_code(static_cast<std::uint32_t>(result.code()));
+    e.set_message("shipper: " + result.message());
+    (void)writer_.Send(FrameType::kError, e);
+    st.bytes_sent = writer_.bytes_sent();
+    return result;
+  }
+  proto::CycleEnd end;
+  end.set_cycle_id(cycle_id);
+  for (std::size_t i = 0; i < volumes.size(); ++i) {
+    counts[i].set_volume(static_cast<std::uint32_t>(i));
+    *end.add_volumes() = counts[i];
+  }
+  sent = writer_.Send(FrameType::kCycleEnd, end);
+  st.bytes_sent = writer_.bytes_sent();
+  if (!sent.ok()) return PeerError(sent);
+  BLKREP_ASSIGN_OR_RETURN(proto::Message ack, proto::ReadMessage(reader_, session_, {FrameType::kAck}));
+  const proto::Ack& a = std::get<proto::Ack>(ack);
+  if (a.cycle_id() != cycle_id) {
+    return Status::Corruption("ACK frame: cycle " + std::to_string(a.cycle_id()) + ", expected " +
+                              std::to_string(cycle_id));
+  }
+  for (std::size_t i = 0; i < volumes.size(); ++i) {
+    if (a.committed_epochs(static_cast<int>(i)) != volumes[i].epoch) {
+      return Status::Corruption("ACK frame: volume " + volumes[i].name + " committed at epoch " +
+                                std::to_string(a.committed_epochs(static_cast<int>(i))) + ", expected " +
+                                std::to_string(volumes[i].epoch));
+    }
+  }
+  st.bytes_received = reader_.bytes_received();
+  return Status::Ok();
+}
+
+}  // namespace blkrep::shipper

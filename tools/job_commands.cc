@@ -1,0 +1,385 @@
+// pvesr's job verbs (CONTRACT.md): target add/list, create-local-job, run,
+// status. Job state lives in jobs::JobStore; a run is jobs::RunCycle.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+
+#include "core/json.h"
+#include "core/units.h"
+#include "jobs/cycle_runner.h"
+#include "jobs/job_store.h"
+#include "proto/transport.h"
+#include "tools/cli.h"
+#include "tools/commands.h"
+#include "tracker/journal_format.h"
+
+namespace blkrep::tools {
+
+using core::Result;
+using core::Status;
+
+namespace {
+
+std::int64_t Now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+Status ParseRate(const std::string& text, double* rate) {
+  char* end = nullptr;
+  double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !std::isfinite(v) || v < 0) {
+    return Status::InvalidArgument("--rate: expected a number of MB/s (10^6 bytes per second), got '" + text + "'");
+  }
+  *rate = v;
+  return Status::Ok();
+}
+
+// The next run time: a retry with back-off after failures (pvesr: last try
+// + 5 minutes x fail count while it is at most 3, then every 30 minutes),
+// else the schedule. Only "*/N" (every N minutes) is understood so far;
+// other schedules report no next time.
+std::optional<std::int64_t> NextSync(const jobs::Job& j) {
+  if (!j.enabled || j.state == "suspended") return std::nullopt;
+  if (j.fail_count > 0 && j.last_try) {
+    return *j.last_try + (j.fail_count <= 3 ? 300 * static_cast<std::int64_t>(j.fail_count) : 1800);
+  }
+  if (j.schedule.rfind("*/", 0) == 0) {
+    int minutes = std::atoi(j.schedule.c_str() + 2);
+    if (minutes > 0) {
+      std::int64_t from = j.last_sync.value_or(Now() - 1);
+      std::int64_t period = minutes * 60;
+      return (from / period + 1) * period;
+    }
+  }
+  return std::nullopt;
+}
+
+std::string FormatTime(std::optional<std::int64_t> t) {
+  if (!t) return "-";
+  std::time_t tt = static_cast<std::time_t>(*t);
+  std::tm tm{};
+  localtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%d_%H:%M:%S", &tm);
+  return buf;
+}
+
+void JsonOptInt(core::JsonWriter& w, std::optional<std::int64_t> v) {
+  if (v) w.Int(*v);
+  else w.Null();
+}
+
+Result<std::unique_ptr<jobs::JobStore>> OpenStore(const Args& args) { return jobs::JobStore::Open(StateDir(args)); }
+
+// Progress on a terminal: one line rewritten in place.
+class Progress {
+ public:
+  explicit Progress(std::string label) : label_(std::move(label)), tty_(::isatty(2) != 0) {}
+  void Update(std::uint64_t done, std::uint64_t total) {
+    if (!tty_) return;
+    auto now = std::chrono::steady_clock::now();
+    if (done < total && now - last_ < std::chrono::milliseconds(200)) return;
+    last_ = now;
+    double pct = total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0;
+    std::fprintf(stderr, "\r%s: %s of %s (%.0f%%)   ", label_.c_str(), core::FormatSize(done).c_str(),
+                 core::FormatSize(total).c_str(), pct);
+    shown_ = true;
+  }
+  ~Progress() {
+    if (shown_) std::fputs("\n", stderr);
+  }
+
+ private:
+  std::string label_;
+  bool tty_;
+  bool shown_ = false;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+// Runs one job now and records the outcome in the store and in `report`.
+Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir, bool verbose,
+              const shipper::ShipOptions& ship, core::JsonWriter& report) {
+  // Two runs of one job never overlap.
+  std::string lock_path = state_dir + "/" + job.id + ".run.lock";
+  int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0) return core::ErrnoStatus(errno, "open " + lock_path);
+  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(lock_fd);
+    return Status::Aborted("job " + job.id + " is already running");
+  }
+  struct Unlock {
+    int fd;
+    ~Unlock() { ::close(fd); }
+  } unlock{lock_fd};
+
+  BLKREP_ASSIGN_OR_RETURN(jobs::Target target, store.GetTarget(job.target));
+  std::string previous_state = job.state;
+  job.state = "syncing";
+  job.last_try = Now();
+  BLKREP_RETURN_IF_ERROR(store.SaveJob(job));
+
+  jobs::CycleRequest request;
+  request.state_dir = state_dir;
+  request.job = job.id;
+  request.guest = job.guest;
+  request.target_args = target.args;
+  request.rate_mbps = job.rate_mbps;
+  request.ship = ship;
+  Progress progress("blkrep: " + job.id);
+  request.ship.progress = [&](std::uint64_t done, std::uint64_t total) { progress.Update(done, total); };
+  auto started = std::chrono::steady_clock::now();
+  Result<jobs::CycleResult> ran = jobs::RunCycle(request);
+  job.duration_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  if (ran.ok()) {
+    job.state = "ok";
+    job.error.clear();
+    job.fail_count = 0;
+    job.last_sync = *job.last_try;
+    job.last_mode = ran->mode;
+    job.last_bytes_sent = ran->stats.bytes_sent;
+    job.last_blocks_sent = ran->blocks_sent;
+  } else {
+    job.state = "error";
+    job.error = ran.status().ToString();
+    ++job.fail_count;
+  }
+  (void)previous_state;
+  BLKREP_RETURN_IF_ERROR(store.SaveJob(job));
+  report.BeginObject().Key("id").String(job.id).Key("state").String(job.state).Key("error");
+  if (job.error.empty()) report.Null();
+  else report.String(job.error);
+  report.Key("duration").Double(job.duration_s);
+  if (ran.ok()) {
+    const auto& s = ran->stats;
+    report.Key("mode").String(ran->mode).Key("tracker_running").Bool(ran->tracker_running);
+    report.Key("blocks_sent").Uint(ran->blocks_sent).Key("data_blocks").Uint(s.data_blocks);
+    report.Key("zero_blocks").Uint(s.zero_blocks).Key("kept_blocks").Uint(s.kept_blocks);
+    report.Key("raw_bytes").Uint(s.raw_bytes).Key("payload_bytes").Uint(s.payload_bytes);
+    report.Key("bytes_sent").Uint(s.bytes_sent).Key("bytes_received").Uint(s.bytes_received);
+    report.Key("io_engine").String(s.io_engine);
+  }
+  report.EndObject();
+  if (ran.ok() && verbose) {
+    const auto& s = ran->stats;
+    std::fprintf(stderr,
+                 "blkrep: %s: %s cycle of %zu volume(s) via %s: %llu blocks (%llu data, %llu zero, %llu kept), "
+                 "%s on the wire, %.2f s, I/O on %s\n",
+                 job.id.c_str(), ran->mode.c_str(), ran->volumes.size(),
+                 ran->tracker_running ? "the running tracker" : "the journals", (unsigned long long)ran->blocks_sent,
+                 (unsigned long long)s.data_blocks, (unsigned long long)s.zero_blocks,
+                 (unsigned long long)s.kept_blocks, core::FormatSize(s.bytes_sent).c_str(), job.duration_s,
+                 s.io_engine.c_str());
+  }
+  return ran.status().WithContext("job " + job.id);
+}
+
+}  // namespace
+
+int TargetCommand(const std::vector<std::string>& argv) {
+  constexpr const char* kUsage =
+      "usage: blkrep target add NAME (--exec 'COMMAND' | --ssh [USER@]HOST | --connect HOST:PORT) [auth options]\n"
+      "       blkrep target list [--json]";
+  if (argv.empty()) return ReportError(Status::InvalidArgument(kUsage));
+  if (argv[0] == "add") {
+    if (argv.size() < 3) return ReportError(Status::InvalidArgument(kUsage));
+    std::string name = argv[1];
+    if (!tracker::journal_format::IsValidName(name)) {
+      return ReportError(Status::InvalidArgument("invalid target name '" + name + "'"));
+    }
+    std::vector<std::string> rest;
+    std::vector<std::string> target_args;
+    for (std::size_t i = 2; i < argv.size(); ++i) {
+      if ((argv[i] == "--state-dir") && i + 1 < argv.size()) {
+        rest = {argv[i], argv[i + 1]};
+        ++i;
+      } else if (argv[i].rfind("--state-dir=", 0) == 0) {
+        rest = {argv[i]};
+      } else {
+        target_args.push_back(argv[i]);
+      }
+    }
+    auto spec = proto::ParseTargetArgs(target_args);
+    if (!spec.ok()) return ReportError(spec.status());
+    auto args = ParseArgs(rest, {"state-dir"}, {});
+    if (!args.ok()) return ReportError(args.status());
+    auto store = OpenStore(*args);
+    if (!store.ok()) return ReportError(store.status());
+    Status added = (*store)->AddTarget(jobs::Target{name, target_args});
+    if (!added.ok()) return ReportError(added);
+    return kExitOk;
+  }
+  if (argv[0] == "list") {
+    auto args = ParseArgs({argv.begin() + 1, argv.end()}, {"state-dir"}, {"json"});
+    if (!args.ok()) return ReportError(args.status());
+    auto store = OpenStore(*args);
+    if (!store.ok()) return ReportError(store.status());
+    auto targets = (*store)->ListTargets();
+    if (!targets.ok()) return ReportError(targets.status());
+    if (args->Flag("json")) {
+      core::JsonWriter w(core::JsonStyle::kPretty);
+      w.BeginArray();
+      for (const auto& t : *targets) {
+        auto spec = proto::ParseTargetArgs(t.args);
+        w.BeginObject().Key("name").String(t.name);
+        w.Key("address").String(spec.ok() ? proto::DescribeTarget(*spec) : "(invalid)");
+        w.Key("args").BeginArray();
+        for (const auto& a : t.args) w.String(a);
+        w.EndArray().EndObject();
+      }
+      w.EndArray();
+      std::printf("%s\n", w.str().c_str());
+    } else {
+      std::printf("%-16s %s\n", "Name", "Address");
+      for (const auto& t : *targets) {
+        auto spec = proto::ParseTargetArgs(t.args);
+        std::printf("%-16s %s\n", t.name.c_str(), spec.ok() ? proto::DescribeTarget(*spec).c_str() : "(invalid)");
+      }
+    }
+    return kExitOk;
+  }
+  return ReportError(Status::InvalidArgument(kUsage));
+}
+
+int CreateLocalJobCommand(const std::vector<std::string>& argv) {
+  constexpr const char* kUsage =
+      "usage: blkrep create-local-job JOBID TARGET [--schedule SPEC] [--rate MBPS] [--comment TEXT] [--disable]";
+  auto args = ParseArgs(argv, {"state-dir", "schedule", "rate", "comment"}, {"disable"});
+  if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
+  if (args->positional.size() != 2) return ReportError(Status::InvalidArgument(kUsage));
+  jobs::Job job;
+  job.id = args->positional[0];
+  job.target = args->positional[1];
+  Status valid = jobs::ValidateJobId(job.id, &job.guest);
+  if (!valid.ok()) return ReportError(valid);
+  if (auto s = args->Value("schedule")) job.schedule = *s;
+  if (job.schedule.empty()) return ReportError(Status::InvalidArgument("--schedule: empty"));
+  if (auto r = args->Value("rate")) {
+    Status rated = ParseRate(*r, &job.rate_mbps);
+    if (!rated.ok()) return ReportError(rated);
+  }
+  if (auto c = args->Value("comment")) job.comment = *c;
+  job.enabled = !args->Flag("disable");
+  auto store = OpenStore(*args);
+  if (!store.ok()) return ReportError(store.status());
+  Status created = (*store)->CreateJob(job);
+  if (!created.ok()) {
+    return ReportError(created.code() == core::Code::kNotFound ? Status::InvalidArgument(created.message())
+                                                              : created);
+  }
+  return kExitOk;
+}
+
+int RunCommand(const std::vector<std::string>& argv) {
+  auto args = ParseArgs(argv, {"state-dir", "id", "zstd-level", "batch-size", "read-ahead"}, {"verbose", "json"});
+  if (!args.ok()) return ReportError(args.status().WithContext("usage: blkrep run [--id JOBID] [--verbose]"));
+  if (!args->positional.empty()) return ReportError(Status::InvalidArgument("usage: blkrep run [--id JOBID] [--verbose]"));
+  const std::string state_dir = StateDir(*args);
+  auto store = OpenStore(*args);
+  if (!store.ok()) return ReportError(store.status());
+  std::vector<jobs::Job> to_run;
+  if (auto id = args->Value("id")) {
+    Status valid = jobs::ValidateJobId(*id, nullptr);
+    if (!valid.ok()) return ReportError(valid);
+    auto job = (*store)->GetJob(*id);
+    if (!job.ok()) return ReportError(job.status());
+    to_run.push_back(*job);
+  } else {
+    auto all = (*store)->ListJobs();
+    if (!all.ok()) return ReportError(all.status());
+    std::int64_t now = Now();
+    for (const auto& j : *all) {
+      auto next = NextSync(j);
+      if (j.enabled && j.state != "suspended" && (!j.last_try || (next && *next <= now))) to_run.push_back(j);
+    }
+  }
+  // Tuning of the shipper (bench/ measures them): compression level,
+  // batch size and how many batches are read ahead of the wire.
+  shipper::ShipOptions ship;
+  if (auto level = args->Value("zstd-level")) {
+    char* end = nullptr;
+    long v = std::strtol(level->c_str(), &end, 10);
+    if (level->empty() || *end != '\0' || v < 0 || v > 19) {
+      return ReportError(Status::InvalidArgument("--zstd-level: 0 (off) to 19, got '" + *level + "'"));
+    }
+    ship.zstd_level = static_cast<int>(v);
+  }
+  if (auto size = args->Value("batch-size")) {
+    auto n = core::ParseSize(*size);
+    if (!n.ok() || *n < 4096 || *n > proto::kMaxBatchBytes) {
+      return ReportError(Status::InvalidArgument("--batch-size: 4K to 8M"));
+    }
+    ship.batch_bytes = static_cast<std::uint32_t>(*n);
+  }
+  if (auto depth = args->Value("read-ahead")) {
+    auto n = core::ParseSize(*depth);
+    if (!n.ok() || *n < 1 || *n > 256) return ReportError(Status::InvalidArgument("--read-ahead: 1 to 256 batches"));
+    ship.batches_in_flight = static_cast<unsigned>(*n);
+  }
+  int status = kExitOk;
+  core::JsonWriter report(core::JsonStyle::kPretty);
+  report.BeginArray();
+  for (const auto& j : to_run) {
+    Status ran = RunJob(**store, j, state_dir, args->Flag("verbose"), ship, report);
+    if (!ran.ok()) {
+      ReportError(ran);
+      status = kExitFailed;  // CONTRACT.md: 1 if a job it ran failed
+    }
+  }
+  report.EndArray();
+  if (args->Flag("json")) std::printf("%s\n", report.str().c_str());
+  return status;
+}
+
+int StatusCommand(const std::vector<std::string>& argv) {
+  auto args = ParseArgs(argv, {"state-dir"}, {"json"});
+  if (!args.ok()) return ReportError(args.status().WithContext("usage: blkrep status [--json]"));
+  auto store = OpenStore(*args);
+  if (!store.ok()) return ReportError(store.status());
+  auto all = (*store)->ListJobs();
+  if (!all.ok()) return ReportError(all.status());
+  if (args->Flag("json")) {
+    core::JsonWriter w(core::JsonStyle::kPretty);
+    w.BeginArray();
+    for (const auto& j : *all) {
+      w.BeginObject();
+      w.Key("id").String(j.id).Key("guest").String(j.guest).Key("target").String(j.target);
+      w.Key("enabled").Bool(j.enabled).Key("schedule").String(j.schedule);
+      w.Key("rate").Double(j.rate_mbps).Key("comment").String(j.comment);
+      w.Key("last_sync");
+      JsonOptInt(w, j.last_sync);
+      w.Key("last_try");
+      JsonOptInt(w, j.last_try);
+      w.Key("next_sync");
+      JsonOptInt(w, NextSync(j));
+      w.Key("duration").Double(j.duration_s).Key("fail_count").Uint(j.fail_count).Key("state").String(j.state);
+      w.Key("error");
+      if (j.error.empty()) w.Null();
+      else w.String(j.error);
+      w.Key("last_mode");
+      if (j.last_mode.empty()) w.Null();
+      else w.String(j.last_mode);
+      w.Key("last_bytes_sent").Uint(j.last_bytes_sent).Key("last_blocks_sent").Uint(j.last_blocks_sent);
+      w.EndObject();
+    }
+    w.EndArray();
+    std::printf("%s\n", w.str().c_str());
+    return kExitOk;
+  }
+  std::printf("%-12s %-8s %-12s %-20s %-20s %10s %9s %s\n", "JobID", "Enabled", "Target", "LastSync", "NextSync",
+              "Duration", "FailCount", "State");
+  for (const auto& j : *all) {
+    std::string state = j.state == "error" ? "error: " + j.error : j.state;
+    std::printf("%-12s %-8s %-12s %-20s %-20s %10.2f %9llu %s\n", j.id.c_str(), j.enabled ? "Yes" : "No",
+                j.target.c_str(), FormatTime(j.last_sync).c_str(), FormatTime(NextSync(j)).c_str(), j.duration_s,
+                (unsigned long long)j.fail_count, state.c_str());
+  }
+  return kExitOk;
+}
+
+}  // namespace blkrep::tools
