@@ -152,3 +152,62 @@ TEST(ReplicationTest, ACycleIsOnePointInTimeAcrossVolumesWhileTheGuestWrites) {
 
 }  // namespace
 }  // namespace blkrep::jobs::test
+
+namespace blkrep::jobs::test {
+namespace {
+
+TEST(ReplicationTest, PassingTheCopyOnWriteCapFailsTheCycleKeepsTheDirtyBitsAndNotTheGuest) {
+  BLKREP_REQUIRE_PYTHON_NBD(python);
+  Rig rig;
+  rig.AddVolume("disk0", 1 * kMiB);
+  // Room for 4 preserved blocks per volume.
+  ASSERT_TRUE(rig.StartTracker({"--cow-cap", "16K"}));
+  ASSERT_TRUE(rig.AddLocalTarget("local"));
+  ASSERT_TRUE(rig.CreateJob("vm100-1", "local", {"--rate", "1"}));
+  StampWriter writer(rig, python, {"disk0"});
+  ASSERT_TRUE(writer.WaitReady());
+  RunResult r = rig.Blkrep({"run", "--id", "vm100-1", "--zstd-level", "0", "--batch-size", "16K", "--read-ahead", "1"});
+  EXPECT_EQ(r.exit_status, 1) << Describe(r);
+  EXPECT_NE(r.err.find("passed its cap of 16384 bytes"), std::string::npos) << r.err;
+  json st = rig.Status("vm100-1");
+  EXPECT_EQ(st["state"], "error");
+  EXPECT_EQ(st["fail_count"], 1);
+  // The guest never noticed: the writer kept going and stops cleanly.
+  std::uint64_t last = writer.Stop();
+  EXPECT_GT(last, 256u);
+  // The aborted cycle's blocks are still dirty: the next run is the full
+  // cycle again and brings the volume as it is now.
+  json report = Inspect(rig.dir(), rig.state_dir());
+  EXPECT_EQ(VolumeReport(report, "disk0")["targets"][0]["dirty_blocks"], 256) << report.dump();
+  json again = rig.Run("vm100-1");
+  EXPECT_EQ(again["mode"], "full");
+  rig.ExpectReplicasEqualSources();
+}
+
+TEST(ReplicationTest, AShipperKilledMidCycleLeavesNothingStuckAndTheNextRunCompletes) {
+  BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
+  Rig rig;
+  rig.AddVolume("disk0", 4 * kMiB);
+  ASSERT_TRUE(rig.StartTracker());
+  ASSERT_TRUE(rig.QemuIo(qemu_io, "disk0", {"write -P 0x71 0 4M"}));
+  ASSERT_TRUE(rig.AddLocalTarget("local"));
+  ASSERT_TRUE(rig.CreateJob("vm100-1", "local", {"--rate", "1"}));
+  Process run;
+  ASSERT_TRUE(run.Start({BlkrepBinary(), "run", "--id", "vm100-1", "--zstd-level", "0", "--state-dir", rig.state_dir()},
+                        rig.dir().File("run.out"), rig.dir().File("run.err")));
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  run.Signal(SIGKILL);
+  run.Wait(std::chrono::seconds(10));
+  // The tracker still holds the frozen cycle and its store; the next run
+  // abandons it (its blocks are dirty again) and ships the volume.
+  ASSERT_TRUE(rig.QemuIo(qemu_io, "disk0", {"write -P 0x72 1M 64K"}));
+  json r = rig.Run("vm100-1", {"--read-ahead", "64"});
+  EXPECT_EQ(r["mode"], "full");
+  rig.ExpectReplicasEqualSources();
+  json report = Inspect(rig.dir(), rig.state_dir());
+  EXPECT_EQ(VolumeReport(report, "disk0")["targets"][0]["dirty_blocks"], 0) << report.dump();
+  EXPECT_FALSE(std::filesystem::exists(rig.state_dir() + "/cow/vm100/disk0.cow")) << "the store outlived its cycle";
+}
+
+}  // namespace
+}  // namespace blkrep::jobs::test
