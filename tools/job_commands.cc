@@ -183,8 +183,8 @@ Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir
 
 int TargetCommand(const std::vector<std::string>& argv) {
   constexpr const char* kUsage =
-      "usage: blkrep target add NAME (--exec 'COMMAND' | --ssh [USER@]HOST | --connect HOST:PORT) [auth options]\n"
-      "       blkrep target list [--json]";
+      "usage: blkrep target add NAME (--exec 'COMMAND' | --ssh [USER@]HOST | --connect HOST:PORT) [auth options] | "
+      "blkrep target list [--json]";
   if (argv.empty()) return ReportError(Status::InvalidArgument(kUsage));
   if (argv[0] == "add") {
     if (argv.size() < 3) return ReportError(Status::InvalidArgument(kUsage));
@@ -339,6 +339,7 @@ int RunCommand(const std::vector<std::string>& argv) {
 int StatusCommand(const std::vector<std::string>& argv) {
   auto args = ParseArgs(argv, {"state-dir"}, {"json"});
   if (!args.ok()) return ReportError(args.status().WithContext("usage: blkrep status [--json]"));
+  if (!args->positional.empty()) return ReportError(Status::InvalidArgument("usage: blkrep status [--json]"));
   auto store = OpenStore(*args);
   if (!store.ok()) return ReportError(store.status());
   auto all = (*store)->ListJobs();

@@ -30,8 +30,7 @@ namespace {
 using core::Status;
 
 constexpr const char* kUsage =
-    "usage: blkrep receive --stdio --replica-dir DIR [--sync-interval SIZE]\n"
-    "       blkrep receive --listen HOST:PORT --replica-dir DIR (--psk-file FILE | --tls-cert FILE --tls-key FILE "
+    "usage: blkrep receive --stdio --replica-dir DIR [--sync-interval SIZE] | blkrep receive --listen HOST:PORT --replica-dir DIR (--psk-file FILE | --tls-cert FILE --tls-key FILE "
     "[--tls-ca FILE])";
 
 // Serves sessions from `listener` until SIGTERM/SIGINT. Each session runs on
@@ -81,7 +80,7 @@ int ServeListener(proto::Listener& listener, const receiver::ReceiverOptions& op
 }  // namespace
 
 int ReceiveCommand(const std::vector<std::string>& argv) {
-  auto args = ParseArgs(argv, {"replica-dir", "listen", "psk-file", "tls-cert", "tls-key", "tls-ca", "sync-interval"},
+  auto args = ParseArgs(argv, {"replica-dir", "listen", "psk-file", "tls-cert", "tls-key", "tls-ca", "sync-interval", "state-dir"},
                         {"stdio"});
   if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
   if (!args->positional.empty()) return ReportError(Status::InvalidArgument(kUsage));

@@ -291,5 +291,47 @@ TEST(CliTest, StateDirectoryComesFromTheEnvironment) {
   EXPECT_EQ(::stat((state + "/journal/vm100/disk0.journal").c_str(), &st), 0);
 }
 
+TEST(CliTest, JobAndTargetCommandsRefuseBadArgumentsWithExitTwo) {
+  TempDir dir;
+  std::string state = dir.path() + "/state";
+  ASSERT_EQ(Blkrep(dir, {"target", "add", "t1", "--exec", "true", "--state-dir", state}).exit_status, 0);
+  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
+           {"target", "add", "t2"},                                        // no transport
+           {"target", "add", "t2", "--exec", "a", "--connect", "h:1"},    // two transports
+           {"target", "add", "t2", "--connect", "host-without-port"},
+           {"target", "add", "t2", "--connect", "h:1"},                   // TCP without authentication
+           {"target", "add", "../t", "--exec", "true"},
+           {"target", "add", "t1", "--exec", "true"},                     // exists
+           {"target", "frobnicate"},
+           {"create-local-job", "vm100", "t1"},                           // not GUEST-N
+           {"create-local-job", "vm100-x", "t1"},
+           {"create-local-job", "../x-1", "t1"},
+           {"create-local-job", "vm100-1", "nosuchtarget"},
+           {"create-local-job", "vm100-1", "t1", "--rate", "fast"},
+           {"run", "--id", "not-a-job-id!"},
+           {"run", "--zstd-level", "99"},
+           {"run", "--batch-size", "1"},
+           {"status", "extra"},
+           {"receive"},
+           {"receive", "--stdio"},
+           {"receive", "--stdio", "--listen", "127.0.0.1:0", "--replica-dir", "r"},
+           {"receive", "--listen", "127.0.0.1:0", "--replica-dir", "r"}}) {  // no authentication
+    args.push_back("--state-dir");
+    args.push_back(state);
+    RunResult run = Blkrep(dir, args);
+    std::string shown;
+    for (const auto& a : args) shown += a + " ";
+    EXPECT_EQ(run.exit_status, 2) << shown << "\n" << run.err;
+    EXPECT_EQ(run.err.rfind("blkrep: error: ", 0), 0u) << shown << "\n" << run.err;
+    EXPECT_EQ(std::count(run.err.begin(), run.err.end(), '\n'), 1) << shown << "\n" << run.err;
+  }
+  // A job of a guest can exist once per target; an unknown job fails (1).
+  ASSERT_EQ(Blkrep(dir, {"create-local-job", "vm100-1", "t1", "--state-dir", state}).exit_status, 0);
+  EXPECT_EQ(Blkrep(dir, {"create-local-job", "vm100-2", "t1", "--state-dir", state}).exit_status, 2);
+  RunResult unknown = Blkrep(dir, {"run", "--id", "vm100-9", "--state-dir", state});
+  EXPECT_EQ(unknown.exit_status, 1) << unknown.err;
+  EXPECT_NE(unknown.err.find("no job vm100-9"), std::string::npos) << unknown.err;
+}
+
 }  // namespace
 }  // namespace blkrep::tools
