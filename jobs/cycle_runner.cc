@@ -117,6 +117,39 @@ std::string IncrementalBlocker(const SourceVolume& v, const tracker::TargetRepor
   return "";
 }
 
+// Reads the tracker's freeze reply ("volume NAME EPOCH MODE BLOCKS COW")
+// into `volumes`, opening each copy-on-write store.
+Status AttachFrozen(const std::string& reply, std::vector<SourceVolume>& volumes) {
+  std::istringstream in(reply);
+  std::string line;
+  std::getline(in, line);  // ok
+  std::size_t seen = 0;
+  while (std::getline(in, line)) {
+    std::istringstream words(line);
+    std::string tag, name, mode, cow_path;
+    std::uint64_t epoch = 0, blocks = 0;
+    words >> tag >> name >> epoch >> mode >> blocks;
+    std::getline(words >> std::ws, cow_path);
+    auto it = std::find_if(volumes.begin(), volumes.end(), [&](const SourceVolume& v) { return v.name == name; });
+    if (tag != "volume" || it == volumes.end() || it->cow) {
+      return Status::Internal("tracker: unexpected freeze reply: " + line);
+    }
+    BLKREP_ASSIGN_OR_RETURN(it->cow, tracker::CowStore::Open(cow_path));
+    if (it->cow->epoch() != epoch) return Status::Internal("copy-on-write store " + cow_path + " of another cycle");
+    it->frozen.epoch = epoch;
+    it->frozen.mode = mode == "full"     ? tracker::CycleMode::kFull
+                      : mode == "resync" ? tracker::CycleMode::kResync
+                                         : tracker::CycleMode::kIncremental;
+    it->frozen.blocks = it->cow->FrozenBitmap();
+    ++seen;
+  }
+  if (seen != volumes.size()) {
+    return Status::Internal("tracker froze " + std::to_string(seen) + " of " + std::to_string(volumes.size()) +
+                            " volumes: are the journals and the running tracker of the same guest?");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<CycleResult> RunCycle(const CycleRequest& request) {
@@ -219,24 +252,11 @@ Result<CycleResult> RunCycle(const CycleRequest& request) {
     std::string reply = Ask(control, "freeze " + job + (resync_reason.empty() ? "" : " resync " + resync_reason),
                             &frozen);
     if (!frozen.ok()) return with_target(frozen);
-    std::istringstream in(reply);
-    std::string line;
-    std::getline(in, line);  // ok
-    while (std::getline(in, line)) {
-      std::istringstream words(line);
-      std::string tag, name, mode, cow_path;
-      std::uint64_t epoch = 0, blocks = 0;
-      words >> tag >> name >> epoch >> mode >> blocks;
-      std::getline(words >> std::ws, cow_path);
-      auto it = std::find_if(volumes.begin(), volumes.end(), [&](const SourceVolume& v) { return v.name == name; });
-      if (tag != "volume" || it == volumes.end()) return Status::Internal("tracker: unexpected freeze reply: " + line);
-      BLKREP_ASSIGN_OR_RETURN(it->cow, tracker::CowStore::Open(cow_path));
-      if (it->cow->epoch() != epoch) return Status::Internal("copy-on-write store " + cow_path + " of another cycle");
-      it->frozen.epoch = epoch;
-      it->frozen.mode = mode == "full" ? tracker::CycleMode::kFull
-                        : mode == "resync" ? tracker::CycleMode::kResync
-                                           : tracker::CycleMode::kIncremental;
-      it->frozen.blocks = it->cow->FrozenBitmap();
+    Status parsed = AttachFrozen(reply, volumes);
+    if (!parsed.ok()) {
+      Status ignored;
+      Ask(control, "abort " + job, &ignored);  // the tracker must not keep the cycle frozen
+      return parsed;
     }
   } else {
     for (SourceVolume& v : volumes) {

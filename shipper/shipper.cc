@@ -200,6 +200,9 @@ Result<ReceiverState> ShipperSession::Hello(const std::string& guest, const std:
   const proto::HelloReply& r = std::get<proto::HelloReply>(reply);
   state.volumes.assign(r.volumes().begin(), r.volumes().end());
   state.staged.resize(volumes.size());
+  // What the receiver announced bounds what it may send (invariant 8).
+  std::uint64_t announced = 0;
+  for (const proto::ReplicaState& v : state.volumes) announced += v.staged_blocks();
   std::uint64_t total = 0;
   for (;;) {
     BLKREP_ASSIGN_OR_RETURN(proto::Message m, proto::ReadMessage(reader_, session_, {FrameType::kStagedHashes,
@@ -215,7 +218,10 @@ Result<ReceiverState> ShipperSession::Hello(const std::string& guest, const std:
     auto& map = state.staged[h.volume()];
     for (int i = 0; i < h.hashes_size(); ++i) map[h.first_block() + static_cast<std::uint64_t>(i)] = h.hashes(i);
     total += static_cast<std::uint64_t>(h.hashes_size());
-    if (total > (1ULL << 32)) return Status::Corruption("STAGED_HASHES frames: too many staged blocks");
+    if (total > announced) {
+      return Status::Corruption("STAGED_HASHES frames: more staged blocks than the " + std::to_string(announced) +
+                                " HELLO_REPLY announced");
+    }
   }
   return state;
 }

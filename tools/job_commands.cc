@@ -150,6 +150,21 @@ Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir
     ++job.fail_count;
   }
   (void)previous_state;
+  // Only the run's columns: the definition may have been edited meanwhile.
+  Result<jobs::Job> fresh = store.GetJob(job.id);
+  if (fresh.ok()) {
+    jobs::Job current = *fresh;
+    current.state = job.state;
+    current.error = job.error;
+    current.fail_count = job.fail_count;
+    current.last_sync = job.last_sync;
+    current.last_try = job.last_try;
+    current.duration_s = job.duration_s;
+    current.last_mode = job.last_mode;
+    current.last_bytes_sent = job.last_bytes_sent;
+    current.last_blocks_sent = job.last_blocks_sent;
+    job = current;
+  }
   BLKREP_RETURN_IF_ERROR(store.SaveJob(job));
   report.BeginObject().Key("id").String(job.id).Key("state").String(job.state).Key("error");
   if (job.error.empty()) report.Null();

@@ -17,7 +17,7 @@ namespace {
 constexpr char kMagic[8] = {'B', 'K', 'R', 'C', 'O', 'W', '0', '1'};
 constexpr std::uint64_t kHeaderBytes = 4096;
 constexpr std::uint64_t kPage = 4096;
-enum OverflowReason : std::uint32_t { kNone = 0, kCap = 1, kIo = 2 };
+enum OverflowReason : std::uint32_t { kNone = 0, kCap = 1, kIo = 2, kAbandoned = 3 };
 
 std::uint64_t RoundUp(std::uint64_t v, std::uint64_t to) { return (v + to - 1) / to * to; }
 }  // namespace
@@ -39,8 +39,9 @@ struct CowStore::Header {
 };
 static_assert(sizeof(CowStore::Header) <= kHeaderBytes);
 
-std::string CowStorePath(const std::string& state_dir, const std::string& guest, const std::string& name) {
-  return state_dir + "/cow/" + guest + "/" + name + ".cow";
+std::string CowStorePath(const std::string& state_dir, const std::string& guest, const std::string& job,
+                         const std::string& name) {
+  return state_dir + "/cow/" + guest + "/" + job + "/" + name + ".cow";
 }
 
 CowStore::CowStore(std::string path, int fd, void* map, std::size_t map_bytes)
@@ -210,12 +211,16 @@ void CowStore::MarkShipped(std::uint64_t first_block, std::uint64_t count_blocks
 
 bool CowStore::overflowed() const { return header_->overflow.load() != kNone; }
 
+void CowStore::Abandon() { SetOverflow(kAbandoned); }
+
 std::string CowStore::overflow_reason() const {
   switch (header_->overflow.load()) {
     case kCap:
       return "the copy-on-write store " + path_ + " passed its cap of " +
              std::to_string(header_->cap_blocks * header_->block_size_bytes) + " bytes";
     case kIo: return "the copy-on-write store " + path_ + " could not be written";
+    case kAbandoned:
+      return "the tracker abandoned the cycle (it was stopped, or the cycle was aborted or frozen again)";
     default: return "";
   }
 }

@@ -2,7 +2,7 @@
 // image while the guest keeps writing (DESIGN.md invariant 4).
 //
 // Design note. At a freeze the tracker creates one store per volume, a file
-// STATE/cow/GUEST/NAME.cow shared by two processes: the tracker, which
+// STATE/cow/GUEST/JOB/NAME.cow shared by two processes: the tracker, which
 // preserves a frozen block's old content before the first write over it,
 // and the shipper (`blkrep run`), which reads the frozen image. The file is
 //
@@ -46,8 +46,10 @@
 
 namespace blkrep::tracker {
 
-// STATE/cow/GUEST/NAME.cow
-std::string CowStorePath(const std::string& state_dir, const std::string& guest, const std::string& name);
+// STATE/cow/GUEST/JOB/NAME.cow: one store per job and volume, since two
+// jobs of a guest (one per target) may have cycles frozen at once.
+std::string CowStorePath(const std::string& state_dir, const std::string& guest, const std::string& job,
+                         const std::string& name);
 
 class CowStore {
  public:
@@ -79,6 +81,10 @@ class CowStore {
   // Set when a block could not be preserved: the image is not a point in
   // time any more. The reason is in overflow_reason().
   bool overflowed() const;
+  // Tracker: the cycle was abandoned (aborted, re-frozen, tracker stopping):
+  // nothing preserves its blocks any more, so a shipper still reading must
+  // fail the cycle. Sets the overflow flag with that reason.
+  void Abandon();
   std::string overflow_reason() const;
   DirtyBitmap FrozenBitmap() const;
 

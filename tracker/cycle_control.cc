@@ -13,14 +13,16 @@ using core::Result;
 using core::Status;
 
 void WriteGate::Enter(std::uint64_t offset_bytes, std::uint64_t length_bytes) {
-  std::shared_ptr<CowStore> store;
+  // Up to a few stores (one per job with a frozen cycle); none usually.
+  std::vector<std::shared_ptr<CowStore>> stores;
   {
     std::unique_lock lock(mu_);
     cv_.wait(lock, [&] { return !paused_; });
     ++in_flight_;
-    store = store_;
+    if (stores_.empty()) return;
+    for (const auto& [job, store] : stores_) stores.push_back(store);
   }
-  if (store) store->Preserve(volume_fd_, offset_bytes, length_bytes);
+  for (const auto& store : stores) store->Preserve(volume_fd_, offset_bytes, length_bytes);
 }
 
 void WriteGate::Exit() {
@@ -40,14 +42,14 @@ void WriteGate::Resume() {
   cv_.notify_all();
 }
 
-void WriteGate::Attach(std::shared_ptr<CowStore> store) {
+void WriteGate::Attach(const std::string& job, std::shared_ptr<CowStore> store) {
   std::lock_guard lock(mu_);
-  store_ = std::move(store);
+  stores_[job] = std::move(store);
 }
 
-void WriteGate::Detach() {
+void WriteGate::Detach(const std::string& job) {
   std::lock_guard lock(mu_);
-  store_.reset();
+  stores_.erase(job);
 }
 
 namespace {
@@ -86,10 +88,13 @@ std::string CycleControl::Handle(const std::string& request) {
     s = AddTarget(job);
   } else if (verb == "freeze") {
     std::string reason;
-    if (w.size() >= 3 && w[2] == "resync") {
-      std::size_t at = request.find("resync");
-      reason = request.substr(at + 6);
+    if (w.size() >= 3) {
+      // "freeze JOB resync REASON...": the reason is the rest of the line.
+      std::string prefix = "freeze " + job + " resync";
+      if (w[2] != "resync" || request.rfind(prefix, 0) != 0) return "error: usage: freeze JOB [resync REASON]\n";
+      reason = request.substr(prefix.size());
       while (!reason.empty() && reason.front() == ' ') reason.erase(0, 1);
+      while (!reason.empty() && (reason.back() == '\n' || reason.back() == '\r')) reason.pop_back();
       if (reason.empty()) reason = "requested";
     }
     Result<std::string> reply = Freeze(job, reason);
@@ -121,7 +126,7 @@ Result<std::string> CycleControl::Freeze(const std::string& job, const std::stri
       if (t.name == job && t.frozen_epoch) BLKREP_RETURN_IF_ERROR(v.journal->Abort(job, *t.frozen_epoch));
     }
   }
-  std::string dir = state_dir_ + "/cow/" + guest_;
+  std::string dir = state_dir_ + "/cow/" + guest_ + "/" + job;
   BLKREP_RETURN_IF_ERROR(MakeDirs(dir));
 
   for (ControlledVolume& v : volumes_) v.gate->Pause();
@@ -144,7 +149,7 @@ Result<std::string> CycleControl::Freeze(const std::string& job, const std::stri
     frozen.epochs.push_back(cycle->epoch);
     cycles.push_back(std::move(cycle).value());
     Result<std::unique_ptr<CowStore>> store =
-        CowStore::Create(CowStorePath(state_dir_, guest_, v.name), v.journal->block_size_bytes(), v.size_bytes,
+        CowStore::Create(CowStorePath(state_dir_, guest_, job, v.name), v.journal->block_size_bytes(), v.size_bytes,
                          cycles.back().epoch, cycles.back().blocks, cow_cap_bytes_);
     if (!store.ok()) {
       failed = store.status();
@@ -154,7 +159,7 @@ Result<std::string> CycleControl::Freeze(const std::string& job, const std::stri
     frozen.stores.push_back(std::move(store).value());
   }
   if (failed.ok()) {
-    for (std::size_t i = 0; i < volumes_.size(); ++i) volumes_[i].gate->Attach(frozen.stores[i]);
+    for (std::size_t i = 0; i < volumes_.size(); ++i) volumes_[i].gate->Attach(job, frozen.stores[i]);
   }
   for (ControlledVolume& v : volumes_) v.gate->Resume();
   if (!failed.ok()) {
@@ -179,8 +184,12 @@ Status CycleControl::Finish(const std::string& job, bool commit) {
   frozen_.erase(it);
   Status result;
   for (std::size_t i = 0; i < volumes_.size(); ++i) {
-    volumes_[i].gate->Detach();
-    if (frozen.stores[i]) ::unlink(frozen.stores[i]->path().c_str());
+    volumes_[i].gate->Detach(job);
+    if (frozen.stores[i]) {
+      // A shipper still reading an abandoned cycle must not ship it.
+      if (!commit) frozen.stores[i]->Abandon();
+      ::unlink(frozen.stores[i]->path().c_str());
+    }
     Status s = commit ? volumes_[i].journal->Commit(job, frozen.epochs[i])
                       : volumes_[i].journal->Abort(job, frozen.epochs[i]);
     if (!s.ok() && result.ok()) result = s.WithContext("volume " + volumes_[i].name);

@@ -52,8 +52,9 @@ class WriteGate {
   // Blocks new writes and returns once none is in flight.
   void Pause();
   void Resume();
-  void Attach(std::shared_ptr<CowStore> store);
-  void Detach();
+  // The store of `job`'s frozen cycle; each job of the guest has its own.
+  void Attach(const std::string& job, std::shared_ptr<CowStore> store);
+  void Detach(const std::string& job);
 
  private:
   const int volume_fd_;
@@ -61,7 +62,7 @@ class WriteGate {
   std::condition_variable cv_;
   std::uint64_t in_flight_ = 0;        // GUARDED_BY(mu_)
   bool paused_ = false;                // GUARDED_BY(mu_)
-  std::shared_ptr<CowStore> store_;    // GUARDED_BY(mu_)
+  std::map<std::string, std::shared_ptr<CowStore>> stores_;  // GUARDED_BY(mu_)
 };
 
 struct ControlledVolume {

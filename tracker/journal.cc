@@ -1153,7 +1153,9 @@ Result<FrozenCycle> Journal::Freeze(const std::string& target) {
       return Status::InvalidArgument("target " + target + " already has cycle " +
                                      std::to_string(t->frozen_epoch) + " frozen");
     }
-    if (s.degraded) return Status::Aborted("journal " + path_ + " is degraded: a resync is required");
+    // A degraded journal still freezes, in memory only: every target is
+    // resync-required there, so the cycle is a resync (invariant 2), and
+    // replication goes on while the tracker runs.
     cycle.target = target;
     cycle.mode = t->needs_resync ? CycleMode::kResync
                  : t->needs_full ? CycleMode::kFull
@@ -1174,6 +1176,7 @@ Result<FrozenCycle> Journal::Freeze(const std::string& target) {
     t->resync_raised_while_frozen = false;
     t->live.ClearAll();
     s.epoch = cycle.epoch;
+    if (s.degraded) return cycle;  // nothing more is written
   }
   Result<bool> persisted = Persist(records);
   if (!persisted.ok()) {
@@ -1193,7 +1196,13 @@ Status Journal::Commit(const std::string& target, std::uint64_t epoch) {
     std::lock_guard lock(mu_);
     State& s = *state_;
     BLKREP_ASSIGN_OR_RETURN(TargetData* t, FindFrozen(s, target, epoch, path_));
-    if (s.degraded) return Status::Aborted("journal " + path_ + " is degraded: a resync is required");
+    if (s.degraded) {
+      // In memory only. The target stays resync-required: what a degraded
+      // journal knows does not survive a crash.
+      Replayer::ApplyCommit(*t);
+      s.MarkResync(*t, s.base_reason);
+      return Status::Ok();
+    }
     AddRecord(records, jf::RecordType::kCommit, jf::Encode(jf::CycleEnd{t->id, epoch}));
     before = *t;
     Replayer::ApplyCommit(*t);

@@ -206,7 +206,7 @@ TEST(ReplicationTest, AShipperKilledMidCycleLeavesNothingStuckAndTheNextRunCompl
   rig.ExpectReplicasEqualSources();
   json report = Inspect(rig.dir(), rig.state_dir());
   EXPECT_EQ(VolumeReport(report, "disk0")["targets"][0]["dirty_blocks"], 0) << report.dump();
-  EXPECT_FALSE(std::filesystem::exists(rig.state_dir() + "/cow/vm100/disk0.cow")) << "the store outlived its cycle";
+  EXPECT_FALSE(std::filesystem::exists(rig.state_dir() + "/cow/vm100/vm100-1/disk0.cow")) << "the store outlived its cycle";
 }
 
 }  // namespace
