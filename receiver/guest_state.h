@@ -1,21 +1,16 @@
 // The guest state file DIR/GUEST/state: what the receiver has committed for
 // each volume of a guest, and the cycle it is receiving or applying.
+// docs/replica-format.md ("The guest state file") is the specification of
+// its bytes.
 //
-// Format (all integers little-endian):
-//   u32 magic "BKRG" (0x47524B42)   u32 version (1)
-//   u16-length job                  u64 next_staging_id   u32 attempt
-//   u64 cycle_id (0: no cycle)      u8 mode (CycleMode)   u8 apply_pending
-//   u32 volume count, then per volume:
-//     u16-length name  u64 size_bytes  u32 block_size_bytes  u64 committed_epoch
-//     u8 incomplete
-//     u64 staging_id (0: none)  u8 staging_in_place  u64 staging_base_epoch
-//     u64 staging_volume_size_bytes  u32 staging_block_size_bytes
-//     u8 in_cycle  u64 cycle_epoch  u64 cycle_block_count
-//     u64 data_blocks  u64 zero_blocks  u64 kept_blocks   (set once CYCLE_END was validated)
-//   u64 xxh3-64 of every byte before it
-// The file is small and only ever replaced whole (WriteGuestStateFile:
-// write "state.tmp", fdatasync, rename over "state", fsync the directory), so
-// a reader sees either the old or the new state, never a mix.
+// Design note: what is durable when. The file is small and only ever
+// replaced whole (WriteGuestStateFile: write "state.tmp", fdatasync, rename
+// over "state", fsync the directory), so a reader sees either the old or the
+// new state, never a mix, and needs no lock. The receiver writes it three
+// times per cycle (docs/replica-format.md, "The commit protocol"): at
+// CYCLE_BEGIN, before anything of the cycle touches a replica; with
+// apply_pending once the validated cycle's staging is durable (the commit
+// point); and when the applied cycle is committed.
 #pragma once
 
 #include <cstdint>
@@ -82,7 +77,9 @@ struct GuestState {
 };
 
 std::vector<std::byte> EncodeGuestState(const GuestState& state);
-// kCorruption when the bytes are not a state file of this version.
+// kCorruption when the bytes are not a state file of this version: checksum,
+// magic, version, lengths. Names' characters and the geometry are not
+// checked here (ReplicaPath checks a name before it becomes a path).
 core::Result<GuestState> DecodeGuestState(std::span<const std::byte> bytes);
 
 // The state of the guest whose directory is `guest_dir`; an empty state when

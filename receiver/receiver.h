@@ -6,7 +6,7 @@
 //
 // DIR/GUEST/ holds the replicas NAME.img, the guest state file `state`
 // (guest_state.h, replaced atomically), the lock `.lock` (one session per
-// guest) and `.staging/` (staging.h).
+// guest) and `.staging/` (staging.h); docs/replica-format.md specifies them.
 //
 // - An incremental cycle never writes the replica before it is complete.
 //   Received blocks (hash-checked) go to the staging data file; every ~32 MiB

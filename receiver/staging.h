@@ -1,39 +1,17 @@
 // Staging of one volume's blocks of a cycle: DIR/GUEST/.staging/NAME.data
-// and DIR/GUEST/.staging/NAME.index.
+// and DIR/GUEST/.staging/NAME.index. docs/replica-format.md ("The staging
+// files") is the specification of their bytes and of what is staged.
 //
-// Design note. The data file holds the received blocks of an incremental
-// cycle, block i of a batch in slot s at byte s * block_size (a volume's short
-// last block leaves the rest of its slot unused). Slots are handed out in
-// increasing order and a slot named by a durable index record is never
-// written again, so a durable record's data stays what it was. Full and
-// resync cycles write into the replica itself and use no data file.
-//
-// The index is an append-only log. Records are appended only after the data
-// (or the in-place replica writes) they describe were made durable, so a
-// durable record always describes durable bytes. A record torn or corrupt
-// at the end of the log (the receiver died while appending) ends the log; the
-// next writer cuts it off (TruncateToValid) before appending.
-//
-// Index format (all integers little-endian):
-//   header, 32 bytes: u32 magic "BKRX" (0x58524B42), u32 version (1),
-//     u64 staging_id (must equal the guest state's), u32 block_size_bytes,
-//     u32 reserved (0), u64 xxh3-64 of the header's first 24 bytes.
-//   record: u32 magic "BKRR" (0x52524B42), u8 kind, u8 0, u16 0,
-//     u32 attempt (GuestState::attempt of the cycle that wrote it), u32 0,
-//     u64 first_block, u64 block_count, u64 first_slot (data records of
-//     staged cycles; kNoSlot otherwise),
-//     block_count x u64 xxh3-64 of each block (data and keep records only;
-//     then block_count <= kMaxHashesPerRecord),
-//     u64 xxh3-64 of every byte of the record before it.
-//   kinds: 1 data (blocks received; in the data file from first_slot, or in
-//     place), 2 zero (blocks that are all zero), 3 keep (blocks kept from an
-//     earlier attempt's data records), 4 drop (an earlier attempt's blocks of
-//     the range are about to be overwritten in place: no longer staged).
-//
-// What is staged ("candidates", reported in STAGED_HASHES) is, per block,
-// the last data record of an attempt before the current one, unless a later
-// zero or drop record covers the block. Keep records change nothing there:
-// they point at the candidate that was current when they were written.
+// Design note: what is durable when. The data file holds the received blocks
+// of an incremental cycle, one per slot; full and resync cycles write into
+// the replica itself and leave it empty. The index is an append-only log of
+// checksummed records, appended only after the data (or the in-place replica
+// writes) they describe were made durable, so a durable record always
+// describes durable bytes. Slots are handed out in increasing order and a
+// slot named by a valid record is never written again, so a record's data
+// stays what its hashes say. The first record that is not valid (torn or
+// corrupt, wherever it is) ends the log; the next writer cuts the rest off
+// (TruncateToValid) before appending.
 //
 // Thread safety: one thread per StagingFiles.
 #pragma once
@@ -126,9 +104,9 @@ class StagingFiles {
   // Removes both files of `name` (missing ones are fine).
   static core::Status Remove(core::FileSystem& fs, const std::string& staging_dir, const std::string& name);
 
-  // The blocks staged by attempts before `attempt_limit` (see the design
-  // note). REQUIRES: every record lies inside a volume of volume_blocks
-  // blocks, else kCorruption.
+  // The blocks staged by attempts before `attempt_limit`
+  // (docs/replica-format.md, "Attempts, and what is staged"). kCorruption
+  // when a record that counts lies outside a volume of volume_blocks blocks.
   core::Result<StagedBlocks> LoadCandidates(std::uint32_t attempt_limit, std::uint64_t volume_blocks);
   // Calls `fn` for every valid record, in log order.
   core::Status ForEachRecord(const std::function<core::Status(const IndexRecord&)>& fn);

@@ -1,0 +1,328 @@
+// The worked example of docs/replica-format.md, produced by the receiver
+// itself: two scripted sessions (a full cycle, then an incremental one that
+// stops where the state file says "apply pending") leave a real guest state
+// file, staging index and staging data file under a TempDir. Their bytes must
+// be exactly the dumps printed in the document, and the document must print
+// exactly these dumps, so the two cannot drift apart.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/bytes.h"
+#include "core/hash.h"
+#include "core/memory_file_system.h"
+#include "proto/frame.h"
+#include "receiver/receiver.h"
+#include "receiver/replica_layout.h"
+#include "receiver/staging.h"
+#include "tests/core/temp_dir.h"
+
+namespace blkrep::receiver {
+namespace {
+
+using core::Status;
+using core::test_support::ReadFile;
+using core::test_support::TempDir;
+using proto::FrameType;
+
+constexpr std::uint32_t kBlockBytes = 4096;
+constexpr std::uint64_t kVolumeBytes = 1 << 20;  // 256 blocks
+const char* const kGuest = "vm100";
+const char* const kJob = "vm100-0";
+const char* const kVolume = "disk0";
+
+// A shipper's side of a session written in advance: the receiver reads these
+// frames (its replies do not change what a shipper would send here) and its
+// own frames are collected and ignored.
+class ScriptStream final : public proto::Stream {
+ public:
+  Status ReadFull(std::span<std::byte> out) override {
+    if (read_ == input_.size()) return Status::EndOfData("end of script");
+    if (out.size() > input_.size() - read_) return Status::Aborted("script cut off");
+    std::copy_n(input_.begin() + static_cast<std::ptrdiff_t>(read_), out.size(), out.begin());
+    read_ += out.size();
+    return Status::Ok();
+  }
+  Status WriteAll(std::span<const std::byte> data) override {
+    if (writing_script_) input_.insert(input_.end(), data.begin(), data.end());
+    return Status::Ok();
+  }
+  // While true, writes (the FrameWriter's) append to the script instead.
+  void set_writing_script(bool on) { writing_script_ = on; }
+
+ private:
+  std::vector<std::byte> input_;
+  std::size_t read_ = 0;
+  bool writing_script_ = true;
+};
+
+std::vector<std::byte> Filled(std::size_t n, char c) { return std::vector<std::byte>(n, std::byte(c)); }
+
+// The doc's dump format: `xxd` (16 bytes a line, 2-byte groups, ASCII).
+std::string Xxd(std::span<const std::byte> bytes) {
+  std::string out;
+  char buf[32];
+  for (std::size_t line = 0; line < bytes.size(); line += 16) {
+    std::snprintf(buf, sizeof(buf), "%08zx:", line);
+    out += buf;
+    std::string ascii;
+    for (std::size_t i = 0; i < 16; ++i) {
+      if (i % 2 == 0) out += ' ';
+      if (line + i < bytes.size()) {
+        auto b = static_cast<unsigned char>(bytes[line + i]);
+        std::snprintf(buf, sizeof(buf), "%02x", b);
+        out += buf;
+        ascii += (b >= 0x20 && b < 0x7f) ? static_cast<char>(b) : '.';
+      } else {
+        out += "  ";
+      }
+    }
+    out += "  " + ascii + "\n";
+  }
+  return out;
+}
+
+std::string ReadDoc() {
+  std::ifstream in(std::string(BLKREP_SOURCE_DIR) + "/docs/replica-format.md");
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// The dumps of the document's "Worked example".
+const char* const kIndexDump =
+    "00000000: 424b 5258 0100 0000 0200 0000 0000 0000  BKRX............\n"
+    "00000010: 0010 0000 0000 0000 d108 859e 4fab 14ae  ............O...\n"
+    "00000020: 424b 5252 0100 0000 0200 0000 0000 0000  BKRR............\n"
+    "00000030: 0200 0000 0000 0000 0200 0000 0000 0000  ................\n"
+    "00000040: 0000 0000 0000 0000 1e70 19e9 7006 a388  .........p..p...\n"
+    "00000050: 094e 6c06 f804 f70d 80aa cfab 3d5c 4397  .Nl.........=\\C.\n"
+    "00000060: 424b 5252 0200 0000 0200 0000 0000 0000  BKRR............\n"
+    "00000070: 0a00 0000 0000 0000 0a00 0000 0000 0000  ................\n"
+    "00000080: ffff ffff ffff ffff d955 0f47 9a3c 6445  .........U.G.<dE\n";
+const char* const kStateDump =
+    "00000000: 424b 5247 0100 0000 0700 766d 3130 302d  BKRG......vm100-\n"
+    "00000010: 3003 0000 0000 0000 0002 0000 0002 0000  0...............\n"
+    "00000020: 0000 0000 0002 0101 0000 0005 0064 6973  .............dis\n"
+    "00000030: 6b30 0000 1000 0000 0000 0010 0000 0100  k0..............\n"
+    "00000040: 0000 0000 0000 0002 0000 0000 0000 0000  ................\n"
+    "00000050: 0100 0000 0000 0000 0000 1000 0000 0000  ................\n"
+    "00000060: 0010 0000 0102 0000 0000 0000 000c 0000  ................\n"
+    "00000070: 0000 0000 0002 0000 0000 0000 000a 0000  ................\n"
+    "00000080: 0000 0000 0000 0000 0000 0000 0093 514b  ..............QK\n"
+    "00000090: d5e8 8f20 4b                             ... K\n";
+
+class ReplicaFormatExampleTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    options_.replica_dir = dir_.path() + "/replicas";
+    // Session 1: a full cycle (cycle id 1) brings disk0 to epoch 1; the
+    // source is all zeroes, so one ZEROES frame covers it.
+    {
+      ScriptStream s;
+      proto::FrameWriter w(s);
+      ASSERT_TRUE(w.Send(FrameType::kHello, Hello()).ok());
+      ASSERT_TRUE(w.Send(FrameType::kCycleBegin, Begin(1, proto::CYCLE_MODE_FULL, 1, 0, 256)).ok());
+      ASSERT_TRUE(w.Send(FrameType::kZeroes, Zeroes(0, 256)).ok());
+      ASSERT_TRUE(w.Send(FrameType::kCycleEnd, End(1, 0, 256)).ok());
+      s.set_writing_script(false);
+      Status st = ServeSession(s, options_, nullptr);
+      ASSERT_TRUE(st.ok()) << st.ToString();
+    }
+    // Session 2: an incremental cycle (cycle id 2, epoch 2 on base 1) of 12
+    // blocks: 2 and 3 were written ("aaaa...", "bbbb..."), 10..19 discarded.
+    // The receiver stops right after the state file says "apply pending".
+    {
+      ScriptStream s;
+      proto::FrameWriter w(s);
+      ASSERT_TRUE(w.Send(FrameType::kHello, Hello()).ok());
+      ASSERT_TRUE(w.Send(FrameType::kCycleBegin, Begin(2, proto::CYCLE_MODE_INCREMENTAL, 2, 1, 12)).ok());
+      std::vector<std::byte> payload = Filled(kBlockBytes, 'a');
+      std::vector<std::byte> b = Filled(kBlockBytes, 'b');
+      payload.insert(payload.end(), b.begin(), b.end());
+      proto::Blocks blocks;
+      blocks.set_volume(0);
+      blocks.set_first_block(2);
+      blocks.set_block_count(2);
+      blocks.set_raw_length(2 * kBlockBytes);
+      blocks.set_payload(std::string(reinterpret_cast<const char*>(payload.data()), payload.size()));
+      blocks.add_hashes(core::Xxh3_64(Filled(kBlockBytes, 'a')));
+      blocks.add_hashes(core::Xxh3_64(Filled(kBlockBytes, 'b')));
+      ASSERT_TRUE(w.Send(FrameType::kBlocks, blocks).ok());
+      ASSERT_TRUE(w.Send(FrameType::kZeroes, Zeroes(10, 10)).ok());
+      ASSERT_TRUE(w.Send(FrameType::kCycleEnd, End(2, 2, 10)).ok());
+      s.set_writing_script(false);
+      ReceiverOptions crash = options_;
+      crash.crash_hook = [](std::string_view at) {
+        return at == "apply-pending" ? Status::Aborted("stopped for the example") : Status::Ok();
+      };
+      ASSERT_EQ(ServeSession(s, crash, nullptr).code(), core::Code::kAborted);
+    }
+  }
+
+  static proto::Hello Hello() {
+    proto::Hello m;
+    m.set_protocol_version(1);
+    m.set_min_protocol_version(1);
+    m.set_feature_flags(proto::kFeatureResume);
+    m.set_guest(kGuest);
+    m.set_job(kJob);
+    proto::VolumeInfo* v = m.add_volumes();
+    v->set_name(kVolume);
+    v->set_size_bytes(kVolumeBytes);
+    v->set_block_size_bytes(kBlockBytes);
+    return m;
+  }
+  static proto::CycleBegin Begin(std::uint64_t cycle_id, proto::CycleMode mode, std::uint64_t epoch,
+                                 std::uint64_t base_epoch, std::uint64_t block_count) {
+    proto::CycleBegin m;
+    m.set_cycle_id(cycle_id);
+    m.set_mode(mode);
+    proto::VolumeCycle* v = m.add_volumes();
+    v->set_volume(0);
+    v->set_epoch(epoch);
+    v->set_base_epoch(base_epoch);
+    v->set_block_count(block_count);
+    return m;
+  }
+  static proto::Zeroes Zeroes(std::uint64_t first, std::uint64_t count) {
+    proto::Zeroes m;
+    m.set_volume(0);
+    m.set_first_block(first);
+    m.set_block_count(count);
+    return m;
+  }
+  static proto::CycleEnd End(std::uint64_t cycle_id, std::uint64_t data, std::uint64_t zero) {
+    proto::CycleEnd m;
+    m.set_cycle_id(cycle_id);
+    proto::VolumeCount* c = m.add_volumes();
+    c->set_volume(0);
+    c->set_data_blocks(data);
+    c->set_zero_blocks(zero);
+    return m;
+  }
+
+  std::string GuestDir() const { return options_.replica_dir + "/" + kGuest; }
+
+  TempDir dir_;
+  ReceiverOptions options_;
+};
+
+TEST_F(ReplicaFormatExampleTest, StagingIndexOfTheSpecificationIsExactlyTheseBytes) {
+  std::vector<std::byte> index = ReadFile(GuestDir() + "/.staging/disk0.index");
+  EXPECT_EQ(Xxd(index), kIndexDump);
+  // Each checksum covers what the document says it covers.
+  ASSERT_EQ(index.size(), 144u);
+  auto le64 = [&](std::size_t offset) { return core::LoadLe64(index.data() + offset); };
+  EXPECT_EQ(core::Xxh3_64(std::span(index).first(24)), le64(24));
+  EXPECT_EQ(core::Xxh3_64(std::span(index).subspan(32, 56)), le64(88));
+  EXPECT_EQ(core::Xxh3_64(std::span(index).subspan(96, 40)), le64(136));
+  EXPECT_EQ(core::Xxh3_64(Filled(kBlockBytes, 'a')), le64(72));
+  EXPECT_EQ(core::Xxh3_64(Filled(kBlockBytes, 'b')), le64(80));
+  // The values as the document quotes them.
+  EXPECT_EQ(le64(24), 0xae14ab4f9e8508d1ULL);
+  EXPECT_EQ(le64(72), 0x88a30670e919701eULL);
+  EXPECT_EQ(le64(80), 0x0df704f8066c4e09ULL);
+  EXPECT_EQ(le64(88), 0x97435c3dabcfaa80ULL);
+  EXPECT_EQ(le64(136), 0x45643c9a470f55d9ULL);
+  EXPECT_NE(ReadDoc().find(kIndexDump), std::string::npos) << "docs/replica-format.md does not show the index";
+}
+
+TEST_F(ReplicaFormatExampleTest, StagingDataFileHoldsTheBlocksInSlotOrder) {
+  std::vector<std::byte> expected = Filled(kBlockBytes, 'a');
+  std::vector<std::byte> b = Filled(kBlockBytes, 'b');
+  expected.insert(expected.end(), b.begin(), b.end());
+  EXPECT_EQ(ReadFile(GuestDir() + "/.staging/disk0.data"), expected);
+}
+
+TEST_F(ReplicaFormatExampleTest, GuestStateFileOfTheSpecificationIsExactlyTheseBytes) {
+  std::vector<std::byte> state = ReadFile(GuestDir() + "/state");
+  EXPECT_EQ(Xxd(state), kStateDump);
+  ASSERT_EQ(state.size(), 149u);
+  EXPECT_EQ(core::Xxh3_64(std::span(state).first(141)), core::LoadLe64(state.data() + 141));
+  EXPECT_EQ(core::LoadLe64(state.data() + 141), 0x4b208fe8d54b5193ULL);
+  EXPECT_NE(ReadDoc().find(kStateDump), std::string::npos) << "docs/replica-format.md does not show the state";
+  EXPECT_FALSE(std::filesystem::exists(GuestDir() + "/state.tmp"));
+}
+
+TEST_F(ReplicaFormatExampleTest, NextSessionRedoesTheApplyAndCommits) {
+  ScriptStream s;
+  proto::FrameWriter w(s);
+  ASSERT_TRUE(w.Send(FrameType::kHello, Hello()).ok());
+  s.set_writing_script(false);
+  Status st = ServeSession(s, options_, nullptr);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  core::Result<GuestReplicaState> state = ReadGuestState(options_.replica_dir, kGuest);
+  ASSERT_TRUE(state.ok());
+  EXPECT_FALSE(state->apply_pending);
+  EXPECT_EQ(state->volumes[0].committed_epoch, 2u);
+  std::vector<std::byte> replica = ReadFile(*ReplicaPath(options_.replica_dir, kGuest, kVolume));
+  ASSERT_EQ(replica.size(), kVolumeBytes);
+  EXPECT_EQ(replica[2 * kBlockBytes], std::byte('a'));
+  EXPECT_EQ(replica[3 * kBlockBytes + 4095], std::byte('b'));
+  EXPECT_FALSE(std::filesystem::exists(GuestDir() + "/.staging/disk0.index"));
+}
+
+// The torn-tail and checksum rules of the document, on the example's index.
+class ExampleIndexTest : public ReplicaFormatExampleTest {
+ protected:
+  // Opens `bytes` as staging 2 of disk0 (4 KiB blocks).
+  std::unique_ptr<StagingFiles> OpenIndex(std::vector<std::byte> bytes) {
+    fs_.SetContents("/s/disk0.index", std::move(bytes));
+    fs_.SetContents("/s/disk0.data", ReadFile(GuestDir() + "/.staging/disk0.data"));
+    auto files = StagingFiles::Open(fs_, "/s", kVolume, 2, kBlockBytes);
+    EXPECT_TRUE(files.ok()) << files.status().ToString();
+    return files.ok() ? std::move(*files) : nullptr;
+  }
+  std::vector<std::byte> Index() const { return ReadFile(GuestDir() + "/.staging/disk0.index"); }
+  core::MemoryFileSystem fs_;
+};
+
+TEST_F(ExampleIndexTest, TruncatedTrailingRecordIsIgnored) {
+  std::vector<std::byte> bytes = Index();
+  bytes.resize(bytes.size() - 5);
+  std::unique_ptr<StagingFiles> files = OpenIndex(bytes);
+  ASSERT_NE(files, nullptr);
+  EXPECT_EQ(files->valid_bytes(), 96u);
+  EXPECT_TRUE(files->has_torn_tail());
+  ASSERT_TRUE(files->TruncateToValid().ok());
+  EXPECT_EQ(fs_.Contents("/s/disk0.index").size(), 96u);
+}
+
+TEST_F(ExampleIndexTest, ChecksumMismatchEndsTheLogEvenBeforeAValidRecord) {
+  std::vector<std::byte> bytes = Index();
+  bytes[0x48] ^= std::byte{1};  // the hash of block 2
+  std::unique_ptr<StagingFiles> files = OpenIndex(bytes);
+  ASSERT_NE(files, nullptr);
+  EXPECT_EQ(files->valid_bytes(), 32u);
+}
+
+TEST_F(ExampleIndexTest, StagedBlocksAreTheDataRecordsOfEarlierAttempts) {
+  std::unique_ptr<StagingFiles> files = OpenIndex(Index());
+  ASSERT_NE(files, nullptr);
+  // For attempt 3 the records of attempt 2 are staged: blocks 2 and 3 in
+  // slots 0 and 1; the zero record stages nothing.
+  core::Result<StagedBlocks> staged = files->LoadCandidates(3, 256);
+  ASSERT_TRUE(staged.ok());
+  ASSERT_EQ(staged->size(), 2u);
+  EXPECT_EQ(staged->blocks()[0].block, 2u);
+  EXPECT_EQ(staged->blocks()[0].slot, 0u);
+  EXPECT_EQ(staged->blocks()[1].block, 3u);
+  EXPECT_EQ(staged->blocks()[1].slot, 1u);
+  // For attempt 2 itself nothing is staged yet.
+  EXPECT_EQ(files->LoadCandidates(2, 256)->size(), 0u);
+  // A header naming another staging is not this staging's index.
+  fs_.SetContents("/t/disk0.index", Index());
+  fs_.SetContents("/t/disk0.data", {});
+  EXPECT_EQ(StagingFiles::Open(fs_, "/t", kVolume, 3, kBlockBytes).status().code(), core::Code::kCorruption);
+}
+
+}  // namespace
+}  // namespace blkrep::receiver
