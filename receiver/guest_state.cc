@@ -1,7 +1,12 @@
 #include "receiver/guest_state.h"
 
+#include <set>
+#include <string_view>
+
 #include "core/bytes.h"
 #include "core/hash.h"
+#include "core/names.h"
+#include "proto/frame.h"
 
 namespace blkrep::receiver {
 
@@ -12,8 +17,157 @@ namespace {
 
 constexpr std::uint32_t kStateMagic = 0x47524B42;  // "BKRG"
 constexpr std::uint32_t kStateVersion = 1;
-constexpr std::size_t kMaxNameBytes = 64;
+constexpr std::size_t kMaxNameBytes = core::kMaxNameBytes;
 constexpr std::uint32_t kMaxVolumes = 4096;
+constexpr std::uint8_t kMaxMode = proto::CYCLE_MODE_RESYNC;
+
+// The largest encoding there can be (docs/replica-format.md: a head of 36 +
+// j bytes, 91 + 2 + n per volume, the checksum), so a state file is never
+// read into memory by a size it claims.
+constexpr std::uint64_t kMaxHeadBytes = 36 + kMaxNameBytes;
+constexpr std::uint64_t kMaxVolumeEntryBytes = 91 + 2 + kMaxNameBytes;
+constexpr std::uint64_t kMaxStateFileBytes = kMaxHeadBytes + kMaxVolumes * kMaxVolumeEntryBytes + 8;
+
+Status Bad(std::string_view what) { return Status::Corruption("guest state file: " + std::string(what)); }
+
+// Reads the fields of a state file in order. The first field that is
+// missing or malformed (a length over its cap, a bool other than 0 or 1)
+// latches an error naming it; later reads return zeroes.
+class FieldReader {
+ public:
+  explicit FieldReader(std::span<const std::byte> body) : r_(body) {}
+
+  // Prefix of the field names in errors ("volume 3"); empty for the head.
+  void set_where(std::string where) { where_ = std::move(where); }
+  const Status& status() const { return status_; }
+  std::size_t remaining() const { return r_.remaining(); }
+
+  std::uint8_t U8(const char* field) { return Checked(field, r_.U8()); }
+  std::uint32_t U32(const char* field) { return Checked(field, r_.U32()); }
+  std::uint64_t U64(const char* field) { return Checked(field, r_.U64()); }
+  bool Bool(const char* field) {
+    std::uint8_t v = U8(field);
+    if (v > 1) Fail(field, std::to_string(v) + " is not a bool (0 or 1)");
+    return v == 1;
+  }
+  // A str16 of at most kMaxNameBytes bytes (its characters are checked by
+  // ValidateGuestState).
+  std::string Name(const char* field) {
+    std::uint16_t length = U16(field);
+    if (length > kMaxNameBytes) {
+      Fail(field, "is " + std::to_string(length) + " bytes long, more than " + std::to_string(kMaxNameBytes));
+      return {};
+    }
+    std::span<const std::byte> bytes = r_.Bytes(length);
+    Checked(field, 0);
+    return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  }
+
+ private:
+  std::uint16_t U16(const char* field) { return Checked(field, r_.U16()); }
+  template <typename T>
+  T Checked(const char* field, T value) {
+    if (status_.ok() && !r_.ok()) Fail(field, "is missing (the file is truncated)");
+    return status_.ok() ? value : T{0};
+  }
+  void Fail(const char* field, const std::string& what) {
+    if (!status_.ok()) return;
+    status_ = Bad((where_.empty() ? "" : where_ + ": ") + field + " " + what);
+    r_.Fail();
+  }
+
+  core::ByteReader r_;
+  std::string where_;
+  Status status_;
+};
+
+// A volume's or a staging's geometry: none (both 0), or a block size that is
+// a power of two inside the wire's caps and a volume size of 1 byte to
+// proto::kMaxVolumeSizeBytes, as a HELLO must give them.
+bool ValidGeometry(std::uint64_t size_bytes, std::uint32_t block_size_bytes) {
+  if (size_bytes == 0 && block_size_bytes == 0) return true;
+  return block_size_bytes >= proto::kMinBlockSizeBytes && block_size_bytes <= proto::kMaxBlockSizeBytes &&
+         (block_size_bytes & (block_size_bytes - 1)) == 0 && size_bytes >= 1 &&
+         size_bytes <= proto::kMaxVolumeSizeBytes;
+}
+
+std::string GeometryError(const char* size_field, std::uint64_t size_bytes, const char* block_field,
+                          std::uint32_t block_size_bytes) {
+  return std::string(size_field) + " " + std::to_string(size_bytes) + " and " + block_field + " " +
+         std::to_string(block_size_bytes) + " are no volume geometry (both 0, or a power-of-two block size in [" +
+         std::to_string(proto::kMinBlockSizeBytes) + ", " + std::to_string(proto::kMaxBlockSizeBytes) +
+         "] and a size in [1, " + std::to_string(proto::kMaxVolumeSizeBytes) + "])";
+}
+
+// REQUIRES: ValidGeometry(size_bytes, block_size_bytes) and block_size_bytes != 0.
+std::uint64_t BlocksOf(std::uint64_t size_bytes, std::uint32_t block_size_bytes) {
+  return size_bytes / block_size_bytes + (size_bytes % block_size_bytes != 0 ? 1 : 0);
+}
+
+Status CheckVolume(const GuestState& s, std::size_t index, const VolumeState& v) {
+  std::string where = "volume " + std::to_string(index);
+  if (core::IsValidName(v.name)) where += " (" + v.name + ")";
+  auto bad = [&](const std::string& what) { return Bad(where + ": " + what); };
+  if (!core::IsValidName(v.name)) {
+    return bad("name is not a valid name (1-64 bytes of [A-Za-z0-9._-], not starting with '.' or '-')");
+  }
+  if (!ValidGeometry(v.size_bytes, v.block_size_bytes)) {
+    return bad(GeometryError("size_bytes", v.size_bytes, "block_size_bytes", v.block_size_bytes));
+  }
+  const StagingInfo& st = v.staging;
+  if (!ValidGeometry(st.volume_size_bytes, st.block_size_bytes)) {
+    return bad(GeometryError("staging_volume_size_bytes", st.volume_size_bytes, "staging_block_size_bytes",
+                             st.block_size_bytes));
+  }
+  if (st.staging_id != 0) {
+    if (st.staging_id >= s.next_staging_id) {
+      return bad("staging_id " + std::to_string(st.staging_id) + " was never allocated (next_staging_id " +
+                 std::to_string(s.next_staging_id) + ")");
+    }
+    if (st.block_size_bytes == 0) {
+      return bad("staging_block_size_bytes is 0 for staging " + std::to_string(st.staging_id));
+    }
+  }
+  if (v.in_cycle) {
+    if (s.cycle_id == 0) return bad("in_cycle is 1 without a cycle (cycle_id 0)");
+    if (st.staging_id == 0) return bad("in_cycle is 1 without a staging (staging_id 0)");
+    if (st.in_place != (s.mode != proto::CYCLE_MODE_INCREMENTAL)) {
+      return bad("staging_in_place " + std::to_string(st.in_place ? 1 : 0) + " contradicts mode " +
+                 std::to_string(s.mode));
+    }
+    if (st.in_place && !v.incomplete) return bad("incomplete is 0 while a cycle writes the replica in place");
+    if (v.cycle_epoch == 0) return bad("cycle_epoch is 0 in a cycle");
+    if (st.base_epoch >= v.cycle_epoch) {
+      return bad("staging_base_epoch " + std::to_string(st.base_epoch) + " is not before cycle_epoch " +
+                 std::to_string(v.cycle_epoch));
+    }
+    std::uint64_t blocks = BlocksOf(st.volume_size_bytes, st.block_size_bytes);
+    if (v.cycle_block_count > blocks) {
+      return bad("cycle_block_count " + std::to_string(v.cycle_block_count) + " exceeds the " +
+                 std::to_string(blocks) + " blocks of the staging's volume");
+    }
+  }
+  if (s.apply_pending && v.in_cycle) {
+    // Written by CYCLE_END with the geometry of the HELLO the staging was made for.
+    if (st.volume_size_bytes != v.size_bytes || st.block_size_bytes != v.block_size_bytes) {
+      return bad("staging_volume_size_bytes " + std::to_string(st.volume_size_bytes) +
+                 " and staging_block_size_bytes " + std::to_string(st.block_size_bytes) + " differ from size_bytes " +
+                 std::to_string(v.size_bytes) + " and block_size_bytes " + std::to_string(v.block_size_bytes) +
+                 " of a validated cycle");
+    }
+    const std::uint64_t n = v.cycle_block_count;
+    if (v.data_blocks > n || v.zero_blocks > n - v.data_blocks || v.kept_blocks != n - v.data_blocks - v.zero_blocks) {
+      return bad("data_blocks " + std::to_string(v.data_blocks) + ", zero_blocks " + std::to_string(v.zero_blocks) +
+                 " and kept_blocks " + std::to_string(v.kept_blocks) + " do not add up to cycle_block_count " +
+                 std::to_string(n));
+    }
+  } else if (v.data_blocks != 0 || v.zero_blocks != 0 || v.kept_blocks != 0) {
+    return bad("data_blocks, zero_blocks and kept_blocks must be 0 outside an apply-pending cycle (are " +
+               std::to_string(v.data_blocks) + ", " + std::to_string(v.zero_blocks) + ", " +
+               std::to_string(v.kept_blocks) + ")");
+  }
+  return Status::Ok();
+}
 
 }  // namespace
 
@@ -62,47 +216,84 @@ std::vector<std::byte> EncodeGuestState(const GuestState& s) {
   return out;
 }
 
+Status ValidateGuestState(const GuestState& s) {
+  if (!s.job.empty() && !core::IsValidName(s.job)) {
+    return Bad("job is not a valid name (1-64 bytes of [A-Za-z0-9._-], not starting with '.' or '-')");
+  }
+  if (s.next_staging_id == 0) return Bad("next_staging_id is 0");
+  if (s.mode > kMaxMode) return Bad("mode " + std::to_string(s.mode) + " is not 0 to " + std::to_string(kMaxMode));
+  if ((s.cycle_id == 0) != (s.mode == 0)) {
+    return Bad("cycle_id " + std::to_string(s.cycle_id) + " and mode " + std::to_string(s.mode) +
+               " disagree on whether there is a cycle");
+  }
+  if (s.apply_pending && s.cycle_id == 0) return Bad("apply_pending is 1 without a cycle (cycle_id 0)");
+  if (s.volumes.size() > kMaxVolumes) {
+    return Bad("volume_count " + std::to_string(s.volumes.size()) + " exceeds " + std::to_string(kMaxVolumes));
+  }
+  std::set<std::string_view> names;
+  for (std::size_t i = 0; i < s.volumes.size(); ++i) {
+    BLKREP_RETURN_IF_ERROR(CheckVolume(s, i, s.volumes[i]));
+    if (!names.insert(s.volumes[i].name).second) {
+      return Bad("volume " + std::to_string(i) + " (" + s.volumes[i].name + "): name appears twice");
+    }
+  }
+  return Status::Ok();
+}
+
 Result<GuestState> DecodeGuestState(std::span<const std::byte> bytes) {
-  auto bad = [](const std::string& what) { return Status::Corruption("guest state file: " + what); };
-  if (bytes.size() < 16) return bad("too short");
+  if (bytes.size() < 16) return Bad("too short");
+  if (bytes.size() > kMaxStateFileBytes) {
+    return Bad(std::to_string(bytes.size()) + " bytes, more than any state file has");
+  }
   std::span<const std::byte> body = bytes.first(bytes.size() - 8);
-  if (core::Xxh3_64(body) != core::LoadLe64(bytes.data() + body.size())) return bad("checksum mismatch");
-  core::ByteReader r(body);
-  if (r.U32() != kStateMagic) return bad("bad magic");
-  if (std::uint32_t version = r.U32(); version != kStateVersion) {
-    return bad("unknown version " + std::to_string(version));
+  if (core::Xxh3_64(body) != core::LoadLe64(bytes.data() + body.size())) return Bad("checksum mismatch");
+  FieldReader r(body);
+  if (r.U32("magic") != kStateMagic) return Bad("bad magic");
+  if (std::uint32_t version = r.U32("version"); version != kStateVersion) {
+    return Bad("unknown version " + std::to_string(version));
   }
   GuestState s;
-  s.job = r.String16(kMaxNameBytes);
-  s.next_staging_id = r.U64();
-  s.attempt = r.U32();
-  s.cycle_id = r.U64();
-  s.mode = r.U8();
-  s.apply_pending = r.U8() != 0;
-  std::uint32_t count = r.U32();
-  if (count > kMaxVolumes) return bad("too many volumes");
-  for (std::uint32_t i = 0; i < count && r.ok(); ++i) {
+  s.job = r.Name("job");
+  s.next_staging_id = r.U64("next_staging_id");
+  s.attempt = r.U32("attempt");
+  s.cycle_id = r.U64("cycle_id");
+  s.mode = r.U8("mode");
+  s.apply_pending = r.Bool("apply_pending");
+  std::uint32_t count = r.U32("volume_count");
+  BLKREP_RETURN_IF_ERROR(r.status());
+  if (count > kMaxVolumes) {
+    return Bad("volume_count " + std::to_string(count) + " exceeds " + std::to_string(kMaxVolumes));
+  }
+  // Every entry takes at least 93 bytes: a count the file cannot hold is
+  // refused before anything is sized by it.
+  if (count > r.remaining() / (kMaxVolumeEntryBytes - kMaxNameBytes)) {
+    return Bad("volume_count " + std::to_string(count) + " does not fit in the file");
+  }
+  s.volumes.reserve(count);
+  for (std::uint32_t i = 0; i < count && r.status().ok(); ++i) {
+    r.set_where("volume " + std::to_string(i));
     VolumeState v;
-    v.name = r.String16(kMaxNameBytes);
-    v.size_bytes = r.U64();
-    v.block_size_bytes = r.U32();
-    v.committed_epoch = r.U64();
-    v.incomplete = r.U8() != 0;
-    v.staging.staging_id = r.U64();
-    v.staging.in_place = r.U8() != 0;
-    v.staging.base_epoch = r.U64();
-    v.staging.volume_size_bytes = r.U64();
-    v.staging.block_size_bytes = r.U32();
-    v.in_cycle = r.U8() != 0;
-    v.cycle_epoch = r.U64();
-    v.cycle_block_count = r.U64();
-    v.data_blocks = r.U64();
-    v.zero_blocks = r.U64();
-    v.kept_blocks = r.U64();
+    v.name = r.Name("name");
+    v.size_bytes = r.U64("size_bytes");
+    v.block_size_bytes = r.U32("block_size_bytes");
+    v.committed_epoch = r.U64("committed_epoch");
+    v.incomplete = r.Bool("incomplete");
+    v.staging.staging_id = r.U64("staging_id");
+    v.staging.in_place = r.Bool("staging_in_place");
+    v.staging.base_epoch = r.U64("staging_base_epoch");
+    v.staging.volume_size_bytes = r.U64("staging_volume_size_bytes");
+    v.staging.block_size_bytes = r.U32("staging_block_size_bytes");
+    v.in_cycle = r.Bool("in_cycle");
+    v.cycle_epoch = r.U64("cycle_epoch");
+    v.cycle_block_count = r.U64("cycle_block_count");
+    v.data_blocks = r.U64("data_blocks");
+    v.zero_blocks = r.U64("zero_blocks");
+    v.kept_blocks = r.U64("kept_blocks");
     s.volumes.push_back(std::move(v));
   }
-  if (!r.ok()) return bad("truncated");
-  if (r.remaining() != 0) return bad("trailing bytes");
+  BLKREP_RETURN_IF_ERROR(r.status());
+  if (r.remaining() != 0) return Bad(std::to_string(r.remaining()) + " bytes follow the last volume");
+  BLKREP_RETURN_IF_ERROR(ValidateGuestState(s));
   return s;
 }
 
@@ -110,7 +301,15 @@ Result<GuestState> ReadGuestStateFile(core::FileSystem& fs, const std::string& g
   std::string path = guest_dir + "/" + kStateFileName;
   BLKREP_ASSIGN_OR_RETURN(bool exists, fs.Exists(path));
   if (!exists) return GuestState{};
-  BLKREP_ASSIGN_OR_RETURN(std::vector<std::byte> bytes, core::ReadWholeFile(fs, path));
+  // Not core::ReadWholeFile: the file's size is checked before it sizes a buffer.
+  BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<core::File> file, fs.Open(path, core::OpenMode::kReadOnly));
+  BLKREP_ASSIGN_OR_RETURN(std::uint64_t size, file->Size());
+  if (size > kMaxStateFileBytes) {
+    return Bad(std::to_string(size) + " bytes, more than any state file has").WithContext(path);
+  }
+  std::vector<std::byte> bytes(static_cast<std::size_t>(size));
+  BLKREP_ASSIGN_OR_RETURN(std::size_t got, file->ReadAt(0, bytes));
+  bytes.resize(got);
   Result<GuestState> state = DecodeGuestState(bytes);
   if (!state.ok()) return state.status().WithContext(path);
   return state;

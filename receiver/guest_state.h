@@ -77,10 +77,17 @@ struct GuestState {
 };
 
 std::vector<std::byte> EncodeGuestState(const GuestState& state);
-// kCorruption when the bytes are not a state file of this version: checksum,
-// magic, version, lengths. Names' characters and the geometry are not
-// checked here (ReplicaPath checks a name before it becomes a path).
+// The one gate for a state file's bytes: kCorruption ("guest state file:
+// ..." naming the field) when they are not a state file of this version
+// (size, checksum, magic, version, lengths, bools other than 0 or 1,
+// trailing bytes) or when the state fails ValidateGuestState. What it
+// returns can size memory and name paths without further checks.
 core::Result<GuestState> DecodeGuestState(std::span<const std::byte> bytes);
+// kCorruption naming the first field of `state` that the receiver could not
+// have written (docs/replica-format.md, "Reading"): names, geometry inside
+// the wire's caps, mode, staging ids, cycle fields and counts consistent
+// with each other. Every state the receiver writes passes it.
+core::Status ValidateGuestState(const GuestState& state);
 
 // The state of the guest whose directory is `guest_dir`; an empty state when
 // there is no state file yet.

@@ -1,9 +1,12 @@
 #include "receiver/staging.h"
 
 #include <algorithm>
+#include <iterator>
+#include <map>
 
 #include "core/bytes.h"
 #include "core/hash.h"
+#include "proto/frame.h"
 
 namespace blkrep::receiver {
 
@@ -35,7 +38,84 @@ std::vector<std::byte> EncodeIndexHeader(std::uint64_t staging_id, std::uint32_t
 
 bool HasHashes(RecordKind kind) { return kind == RecordKind::kData || kind == RecordKind::kKeep; }
 
+// A staging's block size is a HELLO's: a power of two inside the wire's caps.
+bool ValidBlockSize(std::uint32_t block_size_bytes) {
+  return block_size_bytes >= proto::kMinBlockSizeBytes && block_size_bytes <= proto::kMaxBlockSizeBytes &&
+         (block_size_bytes & (block_size_bytes - 1)) == 0;
+}
+
+// The gate for the 40 fixed bytes of an index record (docs/replica-format.md,
+// "Reading", step 2): every field is checked here, before anything is sized
+// or addressed by it. kEndOfData naming the field when the bytes cannot
+// start a valid record (which ends the log); otherwise the fixed fields, and
+// in *hash_count how many hashes follow.
+Result<IndexRecord> DecodeRecordFixed(std::span<const std::byte> fixed, std::uint64_t* hash_count) {
+  core::ByteReader r(fixed);
+  IndexRecord rec;
+  std::uint32_t magic = r.U32();
+  std::uint8_t kind = r.U8();
+  std::uint8_t pad8 = r.U8();
+  std::uint16_t pad16 = r.U16();
+  rec.attempt = r.U32();
+  std::uint32_t pad32 = r.U32();
+  rec.first_block = r.U64();
+  rec.block_count = r.U64();
+  rec.first_slot = r.U64();
+  if (!r.ok()) return Status::EndOfData("torn record header");
+  if (magic != kRecordMagic) return Status::EndOfData("bad record magic");
+  if (kind < 1 || kind > 4) return Status::EndOfData("bad record kind " + std::to_string(kind));
+  if (pad8 != 0 || pad16 != 0 || pad32 != 0) return Status::EndOfData("reserved record bytes not 0");
+  if (rec.block_count == 0) return Status::EndOfData("record of 0 blocks");
+  rec.kind = static_cast<RecordKind>(kind);
+  *hash_count = 0;
+  if (HasHashes(rec.kind)) {
+    if (rec.block_count > kMaxHashesPerRecord) {
+      return Status::EndOfData("record of " + std::to_string(rec.block_count) + " blocks, more than " +
+                               std::to_string(kMaxHashesPerRecord));
+    }
+    *hash_count = rec.block_count;
+  }
+  if (rec.kind == RecordKind::kData) {
+    if (rec.first_slot != kNoSlot && rec.first_slot >= kSlotLimit) {
+      return Status::EndOfData("data record slot " + std::to_string(rec.first_slot) + " is impossible");
+    }
+  } else if (rec.first_slot != kNoSlot) {
+    return Status::EndOfData("a record other than data names slot " + std::to_string(rec.first_slot));
+  }
+  return rec;
+}
+
+// Block ranges as disjoint, non-adjacent [first, end) intervals. Its memory
+// is O(ranges added), whatever the block numbers.
+class RangeSet {
+ public:
+  // Calls gap(first, end) for each maximal part of [first, end) not in the
+  // set, in increasing order, then adds [first, end). REQUIRES: first < end.
+  template <typename Fn>
+  void AddReportingGaps(std::uint64_t first, std::uint64_t end, Fn gap) {
+    auto it = ranges_.upper_bound(first);
+    if (it != ranges_.begin() && std::prev(it)->second >= first) --it;
+    std::uint64_t merged_first = first, merged_end = end, cursor = first;
+    while (it != ranges_.end() && it->first <= end) {
+      if (it->first > cursor) gap(cursor, it->first);
+      cursor = std::max(cursor, it->second);
+      merged_first = std::min(merged_first, it->first);
+      merged_end = std::max(merged_end, it->second);
+      it = ranges_.erase(it);
+    }
+    if (cursor < end) gap(cursor, end);
+    ranges_.emplace(merged_first, merged_end);
+  }
+
+ private:
+  std::map<std::uint64_t, std::uint64_t> ranges_;  // first -> end
+};
+
 }  // namespace
+
+bool RecordInVolume(const IndexRecord& record, std::uint64_t volume_blocks) {
+  return record.first_block < volume_blocks && record.block_count <= volume_blocks - record.first_block;
+}
 
 void EncodeIndexRecord(const IndexRecord& r, std::vector<std::byte>& out) {
   std::size_t start = out.size();
@@ -104,6 +184,9 @@ StagingFiles::StagingFiles(std::string index_path, std::unique_ptr<core::File> i
 Result<std::unique_ptr<StagingFiles>> StagingFiles::Create(core::FileSystem& fs, const std::string& dir,
                                                            const std::string& name, std::uint64_t staging_id,
                                                            std::uint32_t block_size_bytes) {
+  if (!ValidBlockSize(block_size_bytes)) {
+    return Status::InvalidArgument("staging block size " + std::to_string(block_size_bytes) + " out of range");
+  }
   BLKREP_RETURN_IF_ERROR(fs.CreateDirectories(dir));
   BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<core::File> data,
                           fs.Open(DataPath(dir, name), core::OpenMode::kCreateTruncate));
@@ -123,6 +206,11 @@ Result<std::unique_ptr<StagingFiles>> StagingFiles::Create(core::FileSystem& fs,
 Result<std::unique_ptr<StagingFiles>> StagingFiles::Open(core::FileSystem& fs, const std::string& dir,
                                                          const std::string& name, std::uint64_t staging_id,
                                                          std::uint32_t block_size_bytes) {
+  if (!ValidBlockSize(block_size_bytes)) {
+    return Status::Corruption(IndexPath(dir, name) + ": staging block size " + std::to_string(block_size_bytes) +
+                              " is not a power of two in [" + std::to_string(proto::kMinBlockSizeBytes) + ", " +
+                              std::to_string(proto::kMaxBlockSizeBytes) + "]");
+  }
   BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<core::File> index,
                           fs.Open(IndexPath(dir, name), core::OpenMode::kReadWrite));
   BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<core::File> data,
@@ -149,28 +237,9 @@ Status StagingFiles::Remove(core::FileSystem& fs, const std::string& dir, const 
 Result<IndexRecord> StagingFiles::ReadRecord(std::uint64_t offset, std::uint64_t* next_offset) {
   std::byte header[kRecordHeaderBytes];
   BLKREP_ASSIGN_OR_RETURN(std::size_t got, index_->ReadAt(offset, header));
-  if (got != kRecordHeaderBytes) return Status::EndOfData("torn record header");
-  core::ByteReader r(header);
-  IndexRecord rec;
-  std::uint32_t magic = r.U32();
-  std::uint8_t kind = r.U8();
-  std::uint8_t pad8 = r.U8();
-  std::uint16_t pad16 = r.U16();
-  rec.attempt = r.U32();
-  std::uint32_t pad32 = r.U32();
-  rec.first_block = r.U64();
-  rec.block_count = r.U64();
-  rec.first_slot = r.U64();
-  if (magic != kRecordMagic || kind < 1 || kind > 4 || pad8 != 0 || pad16 != 0 || pad32 != 0 ||
-      rec.block_count == 0) {
-    return Status::EndOfData("bad record header");
-  }
-  rec.kind = static_cast<RecordKind>(kind);
   std::uint64_t hash_count = 0;
-  if (HasHashes(rec.kind)) {
-    if (rec.block_count > kMaxHashesPerRecord) return Status::EndOfData("bad record length");
-    hash_count = rec.block_count;
-  }
+  BLKREP_ASSIGN_OR_RETURN(IndexRecord rec, DecodeRecordFixed(std::span(header, got), &hash_count));
+  // hash_count <= kMaxHashesPerRecord: at most 512 KiB.
   std::vector<std::byte> rest(hash_count * 8 + 8);
   BLKREP_ASSIGN_OR_RETURN(got, index_->ReadAt(offset + kRecordHeaderBytes, rest));
   if (got != rest.size()) return Status::EndOfData("torn record");
@@ -197,7 +266,7 @@ Status StagingFiles::Scan() {
       return rec.status();
     }
     if (rec->kind == RecordKind::kData && rec->first_slot != kNoSlot) {
-      if (rec->first_slot > (kNoSlot >> 21)) break;  // impossible slot: treat as the end of the log
+      // The gate keeps first_slot below kSlotLimit: no overflow.
       next_slot_ = std::max(next_slot_, rec->first_slot + rec->block_count);
     }
     record_offsets_.push_back(offset);
@@ -233,8 +302,10 @@ Status StagingFiles::ForEachRecord(const std::function<Status(const IndexRecord&
 
 Result<StagedBlocks> StagingFiles::LoadCandidates(std::uint32_t attempt_limit, std::uint64_t volume_blocks) {
   // Walk the log backwards: the first record (from the end) that covers a
-  // block decides it; keep records decide nothing.
-  BlockBitmap decided(volume_blocks);
+  // block decides it; keep records decide nothing. Nothing here is sized by
+  // volume_blocks: the decided blocks are kept as ranges, and the result
+  // holds at most one entry per hash in the index.
+  RangeSet decided;
   std::vector<StagedBlock> blocks;
   for (auto it = record_offsets_.rbegin(); it != record_offsets_.rend(); ++it) {
     std::uint64_t next = 0;
@@ -246,19 +317,20 @@ Result<StagedBlocks> StagingFiles::LoadCandidates(std::uint32_t attempt_limit, s
       return rec.status();
     }
     if (rec->attempt >= attempt_limit || rec->kind == RecordKind::kKeep) continue;
-    if (rec->first_block >= volume_blocks || rec->block_count > volume_blocks - rec->first_block) {
+    if (!RecordInVolume(*rec, volume_blocks)) {
       return Status::Corruption(index_path_ + ": record at byte " + std::to_string(*it) +
                                 " lies past the end of the volume");
     }
-    if (rec->kind == RecordKind::kData) {
-      for (std::uint64_t i = 0; i < rec->block_count; ++i) {
-        std::uint64_t b = rec->first_block + i;
-        if (decided.Test(b)) continue;
-        std::uint64_t slot = rec->first_slot == kNoSlot ? kNoSlot : rec->first_slot + i;
-        blocks.push_back(StagedBlock{b, rec->hashes[i], slot});
-      }
-    }
-    decided.SetRange(rec->first_block, rec->block_count);
+    const bool data = rec->kind == RecordKind::kData;
+    decided.AddReportingGaps(rec->first_block, rec->first_block + rec->block_count,
+                             [&](std::uint64_t first, std::uint64_t end) {
+                               if (!data) return;
+                               for (std::uint64_t b = first; b < end; ++b) {
+                                 std::uint64_t i = b - rec->first_block;
+                                 std::uint64_t slot = rec->first_slot == kNoSlot ? kNoSlot : rec->first_slot + i;
+                                 blocks.push_back(StagedBlock{b, rec->hashes[i], slot});
+                               }
+                             });
   }
   std::sort(blocks.begin(), blocks.end(),
             [](const StagedBlock& a, const StagedBlock& b) { return a.block < b.block; });

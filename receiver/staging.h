@@ -30,6 +30,9 @@ namespace blkrep::receiver {
 
 inline constexpr std::uint64_t kNoSlot = ~std::uint64_t{0};
 inline constexpr std::uint64_t kMaxHashesPerRecord = 65536;
+// A data record's first_slot is kNoSlot or below this (so slot x block
+// size cannot overflow); docs/replica-format.md, "Reading".
+inline constexpr std::uint64_t kSlotLimit = std::uint64_t{1} << 43;
 
 enum class RecordKind : std::uint8_t { kData = 1, kZero = 2, kKeep = 3, kDrop = 4 };
 
@@ -41,6 +44,10 @@ struct IndexRecord {
   std::uint64_t first_slot = kNoSlot;
   std::vector<std::uint64_t> hashes;  // data and keep: one per block
 };
+
+// Whether blocks [first_block, first_block + block_count) of `record` lie
+// inside a volume of volume_blocks blocks (no overflow).
+bool RecordInVolume(const IndexRecord& record, std::uint64_t volume_blocks);
 
 // Appends the encoding of `record` to `out`.
 // REQUIRES: hashes.size() == block_count for data/keep (<= kMaxHashesPerRecord), empty otherwise.
@@ -91,13 +98,16 @@ class BlockBitmap {
 class StagingFiles {
  public:
   // Creates empty files for a new staging (any old ones are replaced) and
-  // makes them and the directory entries durable.
+  // makes them and the directory entries durable. kInvalidArgument when
+  // block_size_bytes is not a power of two in the wire's caps.
   static core::Result<std::unique_ptr<StagingFiles>> Create(core::FileSystem& fs, const std::string& staging_dir,
                                                             const std::string& name, std::uint64_t staging_id,
                                                             std::uint32_t block_size_bytes);
   // Opens the files of an existing staging and scans the index to its last
-  // valid record. kNotFound when a file is missing; kCorruption when the
-  // header is bad or names another staging_id or block size.
+  // valid record (every field of a record is checked before it is used). kNotFound
+  // when a file is missing; kCorruption when block_size_bytes is not a
+  // power of two in the wire's caps, or the header is bad or names another
+  // staging_id or block size.
   static core::Result<std::unique_ptr<StagingFiles>> Open(core::FileSystem& fs, const std::string& staging_dir,
                                                           const std::string& name, std::uint64_t staging_id,
                                                           std::uint32_t block_size_bytes);
@@ -107,6 +117,8 @@ class StagingFiles {
   // The blocks staged by attempts before `attempt_limit`
   // (docs/replica-format.md, "Attempts, and what is staged"). kCorruption
   // when a record that counts lies outside a volume of volume_blocks blocks.
+  // Memory is O(records in the index), not O(volume_blocks): any
+  // volume_blocks is safe.
   core::Result<StagedBlocks> LoadCandidates(std::uint32_t attempt_limit, std::uint64_t volume_blocks);
   // Calls `fn` for every valid record, in log order.
   core::Status ForEachRecord(const std::function<core::Status(const IndexRecord&)>& fn);
