@@ -90,7 +90,9 @@ awk -v p="$change_percent" 'BEGIN { exit !(p > 0 && p <= 100) }' || die_usage "-
 levels=$(echo "$levels_arg" | tr ',' ' ')
 [ -n "$levels" ] || die_usage "--levels: at least one level"
 for l in $levels; do
-  if ! is_uint "$l" || [ "$l" -gt 19 ]; then die_usage "--levels: zstd levels 0 to 19, got '$l'"; fi
+  if ! is_uint "${l#-}" || [ "$l" -gt 19 ] || [ "$l" -lt -7 ]; then
+    die_usage "--levels: zstd levels -7 to 19 (0: off), got '$l'"
+  fi
 done
 is_root=0
 if [ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/drop_caches ]; then is_root=1; fi

@@ -319,8 +319,9 @@ int RunCommand(const std::vector<std::string>& argv) {
   if (auto level = args->Value("zstd-level")) {
     char* end = nullptr;
     long v = std::strtol(level->c_str(), &end, 10);
-    if (level->empty() || *end != '\0' || v < 0 || v > 19) {
-      return ReportError(Status::InvalidArgument("--zstd-level: 0 (off) to 19, got '" + *level + "'"));
+    // 0 is no compression; negative levels are zstd's fast modes.
+    if (level->empty() || *end != '\0' || v < -7 || v > 19) {
+      return ReportError(Status::InvalidArgument("--zstd-level: -7 to 19 (0: no compression), got '" + *level + "'"));
     }
     ship.zstd_level = static_cast<int>(v);
   }
