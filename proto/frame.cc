@@ -308,6 +308,10 @@ Status CheckVolumeInfo(const Checker& c, const VolumeInfo& v) {
   if (v.size_bytes() == 0 || v.size_bytes() > kMaxVolumeSizeBytes) {
     return c.Fail("volume " + v.name() + ": size " + std::to_string(v.size_bytes()) + " is out of range");
   }
+  if ((v.size_bytes() + bs - 1) / bs > kMaxVolumeBlocks) {
+    return c.Fail("volume " + v.name() + ": more than " + std::to_string(kMaxVolumeBlocks) + " blocks of " +
+                  std::to_string(bs) + " bytes");
+  }
   return Status::Ok();
 }
 

@@ -44,6 +44,9 @@ inline constexpr std::size_t kMaxVolumes = 64;
 inline constexpr std::size_t kMaxNameBytes = 64;
 inline constexpr std::size_t kMaxMessageBytes = 4096;             // ERROR text
 inline constexpr std::uint64_t kMaxVolumeSizeBytes = 1ULL << 60;
+// Blocks per volume: both sides keep a bitmap of them, so this bounds that
+// memory (512 MiB) — 256 TiB at 64 KiB blocks, 16 TiB at 4 KiB.
+inline constexpr std::uint64_t kMaxVolumeBlocks = 1ULL << 32;
 inline constexpr std::uint32_t kMaxSmallFrameBytes = 64U << 10;   // every other frame
 inline constexpr std::uint32_t kMaxHashFrameBytes = kMaxHashesPerFrame * 9 + 64;
 inline constexpr std::uint32_t kMaxBlocksFrameBytes =

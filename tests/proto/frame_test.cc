@@ -433,9 +433,13 @@ TEST(DecodeFrameTest, HelloWithBadSizesIsRejected) {
     h.mutable_volumes(1)->set_size_bytes(size);
     ExpectCorruption(DecodeIn(FrameType::kHello, h), {"volume disk1: size", "out of range"});
   }
+  // The largest volume: 2^32 blocks of the largest block size.
   Hello h = GoodHello();
-  h.mutable_volumes(1)->set_size_bytes(kMaxVolumeSizeBytes);
+  h.mutable_volumes(1)->set_block_size_bytes(kMaxBlockSizeBytes);
+  h.mutable_volumes(1)->set_size_bytes(kMaxVolumeBlocks * kMaxBlockSizeBytes);
   EXPECT_TRUE(DecodeIn(FrameType::kHello, h).ok());
+  h.mutable_volumes(1)->set_size_bytes(kMaxVolumeBlocks * kMaxBlockSizeBytes + 1);
+  ExpectCorruption(DecodeIn(FrameType::kHello, h), {"volume disk1", "more than 4294967296 blocks"});
 }
 
 TEST(DecodeFrameTest, HelloWithTooManyOrNoOrDuplicateVolumesIsRejected) {
@@ -821,6 +825,40 @@ TEST(RateLimitedStreamTest, AverageRateStaysUnderTheLimit) {
   ::close(fds[1]);
   EXPECT_EQ(drained, kTotalBytes);
   EXPECT_GE(elapsed_seconds, 0.8 * kTotalBytes / kBytesPerSecond);
+}
+
+}  // namespace
+}  // namespace blkrep::proto
+
+namespace blkrep::proto {
+namespace {
+
+TEST(DecodeFrameVolumeCapTest, AVolumeOfMoreThan2To32BlocksIsRefusedBeforeAnyBitmapIsSized) {
+  // A valid size (2^60 bytes) in 4 KiB blocks is 2^48 blocks: a receiver
+  // would size a 32 TiB bitmap for it.
+  Hello h;
+  h.set_protocol_version(kProtocolVersion);
+  h.set_min_protocol_version(kProtocolVersion);
+  h.set_guest("vm100");
+  h.set_job("vm100-1");
+  VolumeInfo* v = h.add_volumes();
+  v->set_name("disk0");
+  v->set_size_bytes(1ULL << 60);
+  v->set_block_size_bytes(4096);
+  RawFrame f;
+  f.type = FrameType::kHello;
+  std::string body = h.SerializeAsString();
+  f.body.resize(body.size());
+  std::memcpy(f.body.data(), body.data(), body.size());
+  auto decoded = DecodeFrame(f, SessionContext{});
+  EXPECT_EQ(decoded.status().code(), core::Code::kCorruption);
+  EXPECT_NE(decoded.status().message().find("more than 4294967296 blocks"), std::string::npos)
+      << decoded.status().ToString();
+  // 2^32 blocks exactly is fine.
+  v->set_size_bytes(4096ULL << 32);
+  body = h.SerializeAsString();
+  f.body.assign(reinterpret_cast<const std::byte*>(body.data()), reinterpret_cast<const std::byte*>(body.data()) + body.size());
+  EXPECT_TRUE(DecodeFrame(f, SessionContext{}).ok());
 }
 
 }  // namespace
