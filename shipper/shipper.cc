@@ -3,6 +3,8 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -21,8 +23,12 @@ namespace blkrep::shipper {
 using core::Result;
 using core::Status;
 using proto::FrameType;
+using Clock = std::chrono::steady_clock;
 
 namespace {
+
+// Batches between two decisions of adaptive compression.
+constexpr unsigned kAdaptWindowBatches = 8;
 
 struct FreeDeleter {
   void operator()(std::byte* p) const { std::free(p); }
@@ -289,6 +295,9 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
   std::deque<Batch*> to_process;  // GUARDED_BY(mu)
   std::deque<Batch*> to_send;     // GUARDED_BY(mu)
   bool stopping = false;          // GUARDED_BY(mu)
+  // Adaptive compression: the level in use, 0 while the CPU rather than
+  // the wire is the bottleneck (see ShipOptions::adaptive_compression).
+  std::atomic<int> level_now = options.zstd_level;
   std::vector<std::thread> threads;
   for (unsigned w = 0; w < workers; ++w) {
     threads.emplace_back([&] {
@@ -302,7 +311,10 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
           b = to_process.front();
           to_process.pop_front();
         }
-        if (b->status.ok()) ProcessBatch(*b, volumes[b->volume], receiver.staged[b->volume], options.zstd_level, cctx);
+        if (b->status.ok()) {
+          ProcessBatch(*b, volumes[b->volume], receiver.staged[b->volume], level_now.load(std::memory_order_relaxed),
+                       cctx);
+        }
         {
           std::lock_guard lock(mu);
           to_send.push_back(b);
@@ -313,6 +325,11 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
     });
   }
 
+  struct Adapt {
+    Clock::duration waiting{};
+    Clock::duration sending{};
+    unsigned batches = 0;
+  } adapt;
   BatchCursor cursor(volumes, batch_bytes);
   std::vector<Batch*> free_batches;
   for (auto& b : pool) free_batches.push_back(b.get());
@@ -358,12 +375,15 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
     }
     if (outstanding == 0) break;
     Batch* b;
+    auto waited_from = Clock::now();
     {
       std::unique_lock lock(mu);
       send_cv.wait(lock, [&] { return !to_send.empty(); });
       b = to_send.front();
       to_send.pop_front();
     }
+    auto sent_from = Clock::now();
+    adapt.waiting += sent_from - waited_from;
     --outstanding;
     free_batches.push_back(b);
     if (!result.ok()) continue;  // draining after a failure
@@ -399,7 +419,15 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
     }
     done_bytes += std::uint64_t{b->block_count} * v.block_size_bytes;
     if (options.progress && result.ok()) options.progress(std::min(done_bytes, total_bytes), total_bytes);
+    adapt.sending += Clock::now() - sent_from;
+    if (options.adaptive_compression && options.zstd_level != 0 && ++adapt.batches == kAdaptWindowBatches) {
+      // Waiting for batches more than sending them: the CPU is the
+      // bottleneck, compression only slows the cycle; else compress.
+      level_now = adapt.waiting > adapt.sending ? 0 : options.zstd_level;
+      adapt = Adapt{};
+    }
   }
+  st.compressed = level_now != 0;
   {
     std::lock_guard lock(mu);
     stopping = true;

@@ -47,7 +47,13 @@ struct VolumeSource {
 };
 
 struct ShipOptions {
-  int zstd_level = kDefaultZstdLevel;  // 0: no compression
+  int zstd_level = kDefaultZstdLevel;  // 0: no compression; negative: zstd's fast levels
+  // Compress at zstd_level only while the wire is the bottleneck: every 8
+  // batches the sending thread compares the time it waited for batches with
+  // the time it spent sending them, and compression is switched off while
+  // it mostly waits (the CPU is then the limit; bench/README.md). false:
+  // always zstd_level.
+  bool adaptive_compression = true;
   core::IoBackendKind backend = core::IoBackendKind::kAuto;
   unsigned batches_in_flight = 8;
   unsigned workers = 2;
@@ -66,6 +72,7 @@ struct ShipStats {
   std::uint64_t bytes_sent = 0;       // every frame
   std::uint64_t bytes_received = 0;
   std::string io_engine;
+  bool compressed = false;  // compression was on at the end of the cycle
 };
 
 // What the receiver reported in the handshake.

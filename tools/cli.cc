@@ -1,5 +1,7 @@
 #include "tools/cli.h"
 
+#include <malloc.h>
+
 #include <cstdio>
 #include <cstdlib>
 
@@ -69,6 +71,11 @@ Result<std::pair<std::string, std::string>> ParseNameEqualsVolume(const std::str
     return Status::InvalidArgument("expected NAME=VOLUME, got '" + text + "'");
   }
   return std::make_pair(text.substr(0, eq), text.substr(eq + 1));
+}
+
+void KeepLargeBuffersOnTheHeap() {
+  ::mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  ::mallopt(M_TRIM_THRESHOLD, 256 << 20);
 }
 
 }  // namespace blkrep::tools

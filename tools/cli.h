@@ -40,6 +40,12 @@ std::string StateDir(const Args& args);
 // 2 for invalid arguments, 1 for everything else.
 int ReportError(const core::Status& status);
 
+// For commands that move data: buffers of megabytes (requests, frames,
+// batches) come and go at I/O rate; keep them on the heap for reuse instead
+// of mapping fresh, zeroed pages for each one (page faults dominated the
+// profiles of both the tracker and a full cycle).
+void KeepLargeBuffersOnTheHeap();
+
 // Splits "NAME=VOLUME"; kInvalidArgument when malformed.
 core::Result<std::pair<std::string, std::string>> ParseNameEqualsVolume(const std::string& text);
 

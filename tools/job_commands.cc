@@ -295,6 +295,7 @@ int RunCommand(const std::vector<std::string>& argv) {
   if (!args.ok()) return ReportError(args.status().WithContext("usage: blkrep run [--id JOBID] [--verbose]"));
   if (!args->positional.empty()) return ReportError(Status::InvalidArgument("usage: blkrep run [--id JOBID] [--verbose]"));
   const std::string state_dir = StateDir(*args);
+  KeepLargeBuffersOnTheHeap();  // batches and frames of megabytes
   auto store = OpenStore(*args);
   if (!store.ok()) return ReportError(store.status());
   std::vector<jobs::Job> to_run;
@@ -324,6 +325,7 @@ int RunCommand(const std::vector<std::string>& argv) {
       return ReportError(Status::InvalidArgument("--zstd-level: -7 to 19 (0: no compression), got '" + *level + "'"));
     }
     ship.zstd_level = static_cast<int>(v);
+    ship.adaptive_compression = false;  // a level given is a level used
   }
   if (auto size = args->Value("batch-size")) {
     auto n = core::ParseSize(*size);

@@ -104,6 +104,7 @@ int ReceiveCommand(const std::vector<std::string>& argv) {
   }
   // A peer that goes away must turn into an error status, not a SIGPIPE.
   ::signal(SIGPIPE, SIG_IGN);
+  KeepLargeBuffersOnTheHeap();  // frames of megabytes
   if (listen) {
     proto::AuthOptions auth;
     auth.psk_file = args->Value("psk-file").value_or("");

@@ -129,10 +129,8 @@ int TrackCommand(const std::vector<std::string>& argv) {
     volumes.push_back(Volume{named->first, named->second, nullptr, nullptr, nullptr});
   }
 
-  // Request buffers (up to 32 MiB each) come and go at I/O rate: keep them
-  // on the heap for reuse instead of mapping fresh, zeroed pages each time.
-  ::mallopt(M_MMAP_THRESHOLD, 64 << 20);
-  ::mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  // Request buffers (up to 32 MiB each) come and go at I/O rate.
+  KeepLargeBuffersOnTheHeap();
 
   // Signals are taken by sigwait below; every thread inherits the mask.
   sigset_t signals;

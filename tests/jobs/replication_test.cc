@@ -211,3 +211,30 @@ TEST(ReplicationTest, AShipperKilledMidCycleLeavesNothingStuckAndTheNextRunCompl
 
 }  // namespace
 }  // namespace blkrep::jobs::test
+
+namespace blkrep::jobs::test {
+namespace {
+
+TEST(ReplicationTest, CompressionIsOnWhileTheWireIsTheBottleneckAndOffWhenTurnedOff) {
+  BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
+  Rig rig;
+  rig.AddVolume("disk0", 2 * kMiB);
+  ASSERT_TRUE(rig.StartTracker());
+  ASSERT_TRUE(rig.QemuIo(qemu_io, "disk0", {"write -P 0x41 0 2M"}));  // very compressible
+  ASSERT_TRUE(rig.AddLocalTarget("local"));
+  // 1 MB/s: sending raw 64 KiB batches takes far longer than compressing
+  // them, so adaptive compression stays (mostly) on.
+  ASSERT_TRUE(rig.CreateJob("vm100-1", "local", {"--rate", "1"}));
+  json adaptive = rig.Run("vm100-1", {"--batch-size", "64K"});
+  ASSERT_FALSE(adaptive.is_null());
+  EXPECT_LT(adaptive["payload_bytes"].get<double>(), 0.9 * adaptive["raw_bytes"].get<double>()) << adaptive.dump();
+  rig.ExpectReplicasEqualSources();
+  ASSERT_TRUE(rig.QemuIo(qemu_io, "disk0", {"write -P 0x42 0 1M"}));
+  json off = rig.Run("vm100-1", {"--zstd-level", "0"});
+  EXPECT_EQ(off["payload_bytes"], off["raw_bytes"]) << off.dump();
+  EXPECT_EQ(off["raw_bytes"], kMiB);
+  rig.ExpectReplicasEqualSources();
+}
+
+}  // namespace
+}  // namespace blkrep::jobs::test
