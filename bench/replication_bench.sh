@@ -6,12 +6,15 @@
 # written zeroes and holes, in interleaved 256 KiB-2 MiB regions) is tracked
 # by `blkrep track` and replicated to a receiver on this machine
 # (`blkrep target add --exec 'blkrep receive --stdio ...'`):
-#   1. full cycles, one per zstd level (a new job and replica each), each
-#      followed by `cp` of the volume to a new file + fsync of that file;
+#   1. full cycles, one per level of --levels (a new job and replica each):
+#      `auto` is blkrep's default (no --zstd-level: adaptive compression), a
+#      number a fixed zstd level; each followed by `cp` of the volume to a new
+#      file + fsync of that file;
 #   2. incremental rounds: 1% of the volume's blocks rewritten with random
 #      data through the tracker's NBD socket (libnbd), then `blkrep run` of the
-#      default level's job, then `rsync --inplace --no-whole-file` from the
-#      volume to the last cp copy + fsync of it.
+#      `auto` job (or of the first level's), at its level, then
+#      `rsync --inplace --no-whole-file` from the volume to the last cp copy +
+#      fsync of it.
 # Before every timed step the page cache is dropped (root) or the files of the
 # step are read into it (--cache). Every copy is compared with the volume
 # (cmp) after its step; any difference is an error. A measurement, not a
@@ -31,9 +34,11 @@ usage: bench/replication_bench.sh [--size SIZE] [--dir DIR] [--json] [--levels L
   --dir DIR           the scratch directory is made inside DIR (default ${TMPDIR:-/tmp});
                       volume, copies, replicas and blkrep's state all live there
   --json              print one JSON document instead of the table
-  --levels LIST       zstd levels of the full cycles, comma-separated (default 0,1,3;
-                      0 = no compression); the incremental uses the job of level 1
-                      (or of the first level) and blkrep's default level
+  --levels LIST       levels of the full cycles, comma-separated (default auto,0,1):
+                      auto = blkrep's default (no --zstd-level: adaptive compression),
+                      or a zstd level -7..19 (--zstd-level N; 0 = no compression); the
+                      incremental rounds run the job of auto (or of the first level)
+                      at its level
   --rounds N          incremental rounds (default 2)
   --change-percent P  share of the volume's blocks rewritten per round (default 1)
   --cache MODE        cold: sync + drop the page cache before every timed step (needs
@@ -58,7 +63,7 @@ PYTHON=${PYTHON:-/usr/bin/python3}
 size_arg=4G
 parent_dir=${TMPDIR:-/tmp}
 json=0
-levels_arg=0,1,3
+levels_arg=auto,0,1
 rounds=2
 change_percent=1
 cache=
@@ -87,13 +92,19 @@ case "$change_percent" in
   ''|*[!0-9.]*|*.*.*|.) die_usage "--change-percent: a number in (0, 100]" ;;
 esac
 awk -v p="$change_percent" 'BEGIN { exit !(p > 0 && p <= 100) }' || die_usage "--change-percent: a number in (0, 100]"
-levels=$(echo "$levels_arg" | tr ',' ' ')
-[ -n "$levels" ] || die_usage "--levels: at least one level"
-for l in $levels; do
-  if ! is_uint "${l#-}" || [ "$l" -gt 19 ] || [ "$l" -lt -7 ]; then
-    die_usage "--levels: zstd levels -7 to 19 (0: off), got '$l'"
+# Each level: `auto` or a whole number -7..19, written canonically (01 -> 1,
+# -0 -> 0), each at most once (a level is a row of the report).
+levels=
+for l in $(echo "$levels_arg" | tr ',' ' '); do
+  if [ "$l" != auto ]; then
+    if ! is_uint "${l#-}" || [ "${#l}" -gt 4 ]; then die_usage "--levels: auto or zstd levels -7 to 19 (0: off), got '$l'"; fi
+    case "$l" in -*) l=$(( -10#${l#-} )) ;; *) l=$(( 10#$l )) ;; esac
+    if [ "$l" -gt 19 ] || [ "$l" -lt -7 ]; then die_usage "--levels: auto or zstd levels -7 to 19 (0: off), got '$l'"; fi
   fi
+  case " $levels " in *" $l "*) die_usage "--levels: level $l given twice" ;; esac
+  levels="${levels:+$levels }$l"
 done
+[ -n "$levels" ] || die_usage "--levels: at least one level"
 is_root=0
 if [ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/drop_caches ]; then is_root=1; fi
 [ -n "$cache" ] || { if [ "$is_root" = 1 ]; then cache=cold; else cache=warm; fi; }
@@ -304,7 +315,7 @@ record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$results"; }
 
 fs_type=$(df --output=fstype "$work" 2>/dev/null | tail -1 || true)
 fs_type=${fs_type:-unknown}
-log "replication_bench: $work ($fs_type), $(numfmt --to=iec "$size") volume, zstd levels: $levels, \
+log "replication_bench: $work ($fs_type), $(numfmt --to=iec "$size") volume, levels: $levels, \
 $rounds incremental round(s) of $change_percent%, page cache: $cache"
 log "  blkrep: $BLKREP"
 started=$(date +%s.%N)
@@ -340,9 +351,12 @@ data_bytes=$(du -B1 "$vol" | cut -f1)  # what cp copies: holes are skipped
 job_n=0
 incr_job=
 incr_replica=
+incr_level_args=()
 copy=
-last_level=
 for level in $levels; do
+  # auto: blkrep's default (adaptive compression); a number: that level, fixed.
+  level_args=()
+  [ "$level" = auto ] || level_args=(--zstd-level "$level")
   job_n=$((job_n + 1))
   job="$guest-$job_n"
   rdir="$work/replicas-z$level-$job_n"
@@ -354,10 +368,10 @@ for level in $levels; do
   row="full-z$level"
 
   prepare_cache "$vol"
-  timed "$row.blkrep" blkrep run --id "$job" --zstd-level "$level" --json
+  timed "$row.blkrep" blkrep run --id "$job" "${level_args[@]}" --json
   wire=$("$PYTHON" "$work/check_run.py" "$work/$row.blkrep.out" full "$nblocks") || die "$row: bad report"
   record "$row" blkrep "$t_real" "$t_cpu" "$wire" "$work/$row.blkrep.out" ""
-  verify "full cycle at zstd level $level" "$replica"
+  verify "full cycle at level $level" "$replica"
   log "  $row  blkrep: $t_real s, $wire bytes on the wire, cpu $t_cpu s"
 
   # The peer: cp to a new file on the same file system, then fsync it (the
@@ -374,10 +388,11 @@ for level in $levels; do
   [ -z "$prev_copy" ] || rm -f -- "$prev_copy"
   log "  $row  cp: $cp_real s + fsync $t_real s"
 
-  # Keep one replica for the incremental rounds: level 1's (blkrep's default).
-  if [ -z "$incr_job" ] || { [ "$level" = 1 ] && [ "$last_level" != 1 ]; }; then
+  # Keep one replica for the incremental rounds: auto's (blkrep's default),
+  # or the first level's when auto is not among the levels.
+  if [ -z "$incr_job" ] || [ "$level" = auto ]; then
     [ -z "$incr_replica" ] || rm -rf -- "$(dirname "$(dirname "$incr_replica")")"
-    incr_job=$job incr_replica=$replica last_level=$level
+    incr_job=$job incr_replica=$replica incr_level_args=("${level_args[@]}")
   else
     rm -rf -- "$rdir"
   fi
@@ -392,7 +407,7 @@ for round in $(seq 1 "$rounds"); do
     cat "$work/$row.change.err" >&2; die "$row: writing through NBD failed"; }
 
   prepare_cache "$vol" "$incr_replica"
-  timed "$row.blkrep" blkrep run --id "$incr_job" --json
+  timed "$row.blkrep" blkrep run --id "$incr_job" "${incr_level_args[@]}" --json
   wire=$("$PYTHON" "$work/check_run.py" "$work/$row.blkrep.out" incremental "$change_blocks") \
     || die "$row: bad report"
   record "$row" blkrep "$t_real" "$t_cpu" "$wire" "$work/$row.blkrep.out" ""
@@ -457,12 +472,13 @@ for name in order:
     d[peer] = p
     d["ratio"] = p["seconds"] / b["seconds"] if b["seconds"] else None  # > 1: blkrep faster
     if name.startswith("full-z"):
-        d["zstd_level"] = int(name[6:])
+        d["zstd_level"] = "auto" if name[6:] == "auto" else int(name[6:])
         d["blkrep_mb_per_s"] = size / b["seconds"] / 1e6
         d["cp_mb_per_s"] = size / p["seconds"] / 1e6
         d["compression_ratio"] = b["raw_bytes"] / b["payload_bytes"] if b["payload_bytes"] else None
     out.append(d)
-full_default = [d for d in out if d.get("zstd_level") == 1] or [d for d in out if "zstd_level" in d][:1]
+# The full-cycle target is judged on blkrep's default (auto), else on the first level.
+full_default = [d for d in out if d.get("zstd_level") == "auto"] or [d for d in out if "zstd_level" in d][:1]
 incr = [d["ratio"] for d in out if d["peer"] == "rsync"]
 targets = dict(
     full_vs_cp=dict(target=0.8, measured=full_default[0]["ratio"] if full_default else None,
@@ -500,7 +516,8 @@ table = []
 for d in out:
     b, p = d["blkrep"], d[d["peer"]]
     if "zstd_level" in d:
-        label = "full, zstd %d%s vs cp" % (d["zstd_level"], " (default)" if d["zstd_level"] == 1 else "")
+        label = ("full, adaptive (default) vs cp" if d["zstd_level"] == "auto" else
+                 "full, zstd %d vs cp" % d["zstd_level"])
     else:
         label = "incremental %s%% #%s vs rsync" % (change_percent, d["workload"].split("-")[1])
     table.append([label, "%.2f s" % b["seconds"], "%.2f s" % p["seconds"], "%.2fx" % d["ratio"],
@@ -526,8 +543,10 @@ for d in out:
     extra = "" if d["peer"] == "cp" else ", literal %s, matched %s" % (gib(p["literal_bytes"] or 0),
                                                                         gib(p["matched_bytes"] or 0))
     print("  %-14s %s: %s, cpu %.2f s%s" % ("", d["peer"], p.get("note", ""), p["cpu_seconds"], extra))
-for key, label, unit in (("full_vs_cp", "full cycle (zstd %s) vs cp" % targets["full_vs_cp"]["zstd_level"], ""),
-                         ("incremental_vs_rsync", "incremental vs rsync (median)", "")):
+full_level = targets["full_vs_cp"]["zstd_level"]
+for key, label in (("full_vs_cp", "full cycle (default) vs cp" if full_level == "auto" else
+                    "full cycle (zstd %s) vs cp" % full_level),
+                   ("incremental_vs_rsync", "incremental vs rsync (median)")):
     t = targets[key]
     if t["measured"] is None:
         continue
