@@ -59,6 +59,13 @@ std::uint64_t FrameChecksum(std::span<const std::byte> header16, std::span<const
 
 void EncodeHeader(FrameType type, std::uint32_t sequence, std::span<const std::byte> body,
                   std::byte out[kFrameHeaderBytes]) {
+  EncodeHeader(type, sequence, {body}, out);
+}
+
+void EncodeHeader(FrameType type, std::uint32_t sequence, std::initializer_list<std::span<const std::byte>> body,
+                  std::byte out[kFrameHeaderBytes]) {
+  std::size_t length = 0;
+  for (auto part : body) length += part.size();
   std::vector<std::byte> h;
   h.reserve(kFrameHeaderBytes);
   core::ByteWriter w(h);
@@ -66,9 +73,12 @@ void EncodeHeader(FrameType type, std::uint32_t sequence, std::span<const std::b
   w.U8(static_cast<std::uint8_t>(type));
   w.U8(0);   // flags
   w.U16(0);  // reserved
-  w.U32(static_cast<std::uint32_t>(body.size()));
+  w.U32(static_cast<std::uint32_t>(length));
   w.U32(sequence);
-  w.U64(FrameChecksum(std::span(h.data(), 16), body));
+  core::Xxh3Stream checksum;
+  checksum.Update(std::span(h.data(), 16));
+  for (auto part : body) checksum.Update(part);
+  w.U64(checksum.Digest());
   std::memcpy(out, h.data(), kFrameHeaderBytes);
 }
 
@@ -208,6 +218,34 @@ Status FrameWriter::Send(FrameType type, const google::protobuf::MessageLite& me
   BLKREP_RETURN_IF_ERROR(stream_.WriteAll(buffer_));
   ++sequence_;
   bytes_sent_ += buffer_.size();
+  return Status::Ok();
+}
+
+Status FrameWriter::SendBlocks(const Blocks& blocks, std::span<const std::byte> payload) {
+  std::size_t meta = blocks.ByteSizeLong();
+  // Field 6, length-delimited: tag (6 << 3) | 2, then the length as a varint.
+  std::byte field[11];
+  std::size_t field_bytes = 0;
+  field[field_bytes++] = std::byte{(6 << 3) | 2};
+  for (std::uint64_t v = payload.size();; v >>= 7) {
+    field[field_bytes++] = static_cast<std::byte>((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
+    if (v < 0x80) break;
+  }
+  std::size_t body = meta + field_bytes + payload.size();
+  if (body > MaxBodyBytes(FrameType::kBlocks)) {
+    return Status::Internal("BLOCKS frame of " + std::to_string(body) + " bytes exceeds its cap");
+  }
+  buffer_.resize(kFrameHeaderBytes + meta + field_bytes);
+  if (!blocks.SerializeToArray(buffer_.data() + kFrameHeaderBytes, static_cast<int>(meta))) {
+    return Status::Internal("cannot encode BLOCKS");
+  }
+  std::memcpy(buffer_.data() + kFrameHeaderBytes + meta, field, field_bytes);
+  EncodeHeader(FrameType::kBlocks, sequence_, {std::span(buffer_).subspan(kFrameHeaderBytes), payload},
+               buffer_.data());
+  BLKREP_RETURN_IF_ERROR(stream_.WriteAll(buffer_));
+  BLKREP_RETURN_IF_ERROR(stream_.WriteAll(payload));
+  ++sequence_;
+  bytes_sent_ += kFrameHeaderBytes + body;
   return Status::Ok();
 }
 

@@ -81,6 +81,9 @@ struct FrameHeader {
 // and `body`.
 void EncodeHeader(FrameType type, std::uint32_t sequence, std::span<const std::byte> body,
                   std::byte out[kFrameHeaderBytes]);
+// The same for a body given in consecutive parts (not copied together).
+void EncodeHeader(FrameType type, std::uint32_t sequence, std::initializer_list<std::span<const std::byte>> body,
+                  std::byte out[kFrameHeaderBytes]);
 // Checks magic, type, reserved bits, the per-type length cap and the
 // sequence; the checksum is checked by VerifyChecksum once the body is read.
 core::Result<FrameHeader> DecodeHeader(std::span<const std::byte, kFrameHeaderBytes> bytes,
@@ -143,6 +146,12 @@ class FrameWriter {
   explicit FrameWriter(Stream& stream) : stream_(stream) {}
   // REQUIRES: the message's encoded size is within MaxBodyBytes(type).
   core::Status Send(FrameType type, const google::protobuf::MessageLite& message);
+  // A BLOCKS frame whose payload (field 6) is not in `blocks` but in
+  // `payload`, which is written from where it is, not copied: the body is
+  // `blocks`' encoding followed by the payload field (protobuf allows any
+  // field order). The same bytes on the wire as any BLOCKS frame would
+  // decode to.
+  core::Status SendBlocks(const Blocks& blocks, std::span<const std::byte> payload);
   std::uint64_t bytes_sent() const { return bytes_sent_; }
 
  private:

@@ -37,6 +37,9 @@ struct FreeDeleter {
 struct OutFrame {
   FrameType type;
   std::variant<proto::Blocks, proto::Zeroes, proto::Keep> message;
+  // BLOCKS: the payload, in the batch's read buffer or its compression
+  // buffer (sent from there by FrameWriter::SendBlocks, not copied).
+  std::span<const std::byte> payload;
 };
 
 struct Batch {
@@ -48,6 +51,7 @@ struct Batch {
   core::AsyncOp op;
   Status status;
   std::vector<OutFrame> frames;
+  std::vector<std::byte> compressed;  // the batch's zstd frames, back to back
 };
 
 // Walks the frozen blocks of every volume as batches: runs of set bits, cut
@@ -139,6 +143,11 @@ void ProcessBatch(Batch& b, const VolumeSource& v, const std::unordered_map<std:
     auto it = staged.find(b.first_block + i);
     kinds[i] = it != staged.end() && it->second == hashes[i] ? Kind::kKeep : Kind::kData;
   }
+  // Room for every run's zstd frame, sized before any payload span points
+  // into it: the runs' ZSTD_compressBound add up to at most the batch's
+  // plus 64 bytes per run.
+  std::size_t compressed_used = 0;
+  if (zstd_level != 0) b.compressed.resize(ZSTD_compressBound(b.raw_length) + std::size_t{b.block_count} * 64);
   for (std::uint32_t i = 0; i < b.block_count;) {
     std::uint32_t j = i;
     while (j < b.block_count && kinds[j] == kinds[i]) ++j;
@@ -148,13 +157,13 @@ void ProcessBatch(Batch& b, const VolumeSource& v, const std::unordered_map<std:
       z.set_volume(b.volume);
       z.set_first_block(first);
       z.set_block_count(j - i);
-      b.frames.push_back({FrameType::kZeroes, std::move(z)});
+      b.frames.push_back({FrameType::kZeroes, std::move(z), {}});
     } else if (kinds[i] == Kind::kKeep) {
       proto::Keep k;
       k.set_volume(b.volume);
       k.set_first_block(first);
       for (std::uint32_t x = i; x < j; ++x) k.add_hashes(hashes[x]);
-      b.frames.push_back({FrameType::kKeep, std::move(k)});
+      b.frames.push_back({FrameType::kKeep, std::move(k), {}});
     } else {
       proto::Blocks m;
       m.set_volume(b.volume);
@@ -164,23 +173,20 @@ void ProcessBatch(Batch& b, const VolumeSource& v, const std::unordered_map<std:
       std::size_t length = std::min(std::size_t{j} * bs, b.raw_length) - begin;
       m.set_raw_length(static_cast<std::uint32_t>(length));
       for (std::uint32_t x = i; x < j; ++x) m.add_hashes(hashes[x]);
-      bool compressed = false;
+      std::span<const std::byte> payload(data + begin, length);
+      m.set_compression(proto::COMPRESSION_NONE);
       if (zstd_level != 0) {
-        std::string* out = m.mutable_payload();
-        out->resize(ZSTD_compressBound(length));
-        std::size_t n = ZSTD_compressCCtx(cctx, out->data(), out->size(), data + begin, length, zstd_level);
+        std::size_t bound = ZSTD_compressBound(length);
+        std::byte* out = b.compressed.data() + compressed_used;
+        std::size_t n = ZSTD_compressCCtx(cctx, out, bound, data + begin, length, zstd_level);
         // Keep it only if it saves something worth the receiver's time.
         if (!ZSTD_isError(n) && n < length - length / 32) {
-          out->resize(n);
+          payload = std::span<const std::byte>(out, n);
+          compressed_used += n;
           m.set_compression(proto::COMPRESSION_ZSTD);
-          compressed = true;
         }
       }
-      if (!compressed) {
-        m.set_compression(proto::COMPRESSION_NONE);
-        m.set_payload(data + begin, length);
-      }
-      b.frames.push_back({FrameType::kBlocks, std::move(m)});
+      b.frames.push_back({FrameType::kBlocks, std::move(m), payload});
     }
     i = j;
   }
@@ -402,8 +408,8 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
       if (auto* m = std::get_if<proto::Blocks>(&f.message)) {
         c.set_data_blocks(c.data_blocks() + m->block_count());
         st.raw_bytes += m->raw_length();
-        st.payload_bytes += m->payload().size();
-        s = writer_.Send(f.type, *m);
+        st.payload_bytes += f.payload.size();
+        s = writer_.SendBlocks(*m, f.payload);
       } else if (auto* z = std::get_if<proto::Zeroes>(&f.message)) {
         c.set_zero_blocks(c.zero_blocks() + z->block_count());
         s = writer_.Send(f.type, *z);

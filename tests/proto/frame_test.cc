@@ -863,3 +863,59 @@ TEST(DecodeFrameVolumeCapTest, AVolumeOfMoreThan2To32BlocksIsRefusedBeforeAnyBit
 
 }  // namespace
 }  // namespace blkrep::proto
+
+namespace blkrep::proto {
+namespace {
+
+// A pipe-free Stream that records what is written.
+class RecordingStream final : public Stream {
+ public:
+  core::Status ReadFull(std::span<std::byte> out) override {
+    if (at_ + out.size() > bytes_.size()) return core::Status::EndOfData("end");
+    std::memcpy(out.data(), bytes_.data() + at_, out.size());
+    at_ += out.size();
+    return core::Status::Ok();
+  }
+  core::Status WriteAll(std::span<const std::byte> data) override {
+    bytes_.insert(bytes_.end(), data.begin(), data.end());
+    return core::Status::Ok();
+  }
+  std::vector<std::byte> bytes_;
+  std::size_t at_ = 0;
+};
+
+TEST(SendBlocksTest, APayloadSentFromWhereItIsDecodesLikeAnyBlocksFrame) {
+  SessionContext session;
+  VolumeInfo v;
+  v.set_name("disk0");
+  v.set_size_bytes(1 << 20);
+  v.set_block_size_bytes(4096);
+  session.volumes.push_back(v);
+  for (std::size_t length : {std::size_t{4096}, std::size_t{3 * 4096}, std::size_t{200}}) {
+    std::vector<std::byte> payload(length);
+    for (std::size_t i = 0; i < length; ++i) payload[i] = static_cast<std::byte>(i * 7 + 1);
+    Blocks meta;
+    meta.set_volume(0);
+    meta.set_first_block(5);
+    meta.set_block_count(static_cast<std::uint32_t>(length == 200 ? 1 : length / 4096));
+    meta.set_compression(length == 200 ? COMPRESSION_ZSTD : COMPRESSION_NONE);
+    meta.set_raw_length(static_cast<std::uint32_t>(length == 200 ? 4096 : length));
+    for (std::uint32_t i = 0; i < meta.block_count(); ++i) meta.add_hashes(1000 + i);
+    RecordingStream out;
+    FrameWriter writer(out);
+    ASSERT_TRUE(writer.SendBlocks(meta, payload).ok());
+    EXPECT_EQ(writer.bytes_sent(), out.bytes_.size());
+    FrameReader reader(out);
+    auto frame = reader.Next();
+    ASSERT_TRUE(frame.ok()) << frame.status().ToString();
+    auto decoded = DecodeFrame(*frame, session);
+    ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+    const Blocks& b = std::get<Blocks>(*decoded);
+    Blocks expected = meta;
+    expected.set_payload(payload.data(), payload.size());
+    EXPECT_EQ(b.SerializeAsString(), expected.SerializeAsString()) << length;
+  }
+}
+
+}  // namespace
+}  // namespace blkrep::proto
