@@ -119,6 +119,42 @@ TEST(ReplicationFaultsTest, ACutAnywhereKeepsThePreviousCycleAndTheNextRunResume
   rig.ExpectReplicasEqualSources();
 }
 
+TEST(ReplicationFaultsTest, ACutFirstFullCycleResumesInPlace) {
+  BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
+  BLKREP_REQUIRE_PROGRAM(python, "python3");
+  Rig rig;
+  rig.AddVolume("disk0", 8 * kMiB);
+  ASSERT_TRUE(rig.StartTracker());
+  ASSERT_TRUE(rig.QemuIo(qemu_io, "disk0", {"write -P 0x51 0 8M"}));
+  std::string cut_file = rig.dir().File("cut");
+  std::ofstream(cut_file) << 3 * kMiB;
+  std::string receive = rig.ReceiveCommand() + " --sync-interval 64K";
+  ASSERT_TRUE(rig.AddTarget(
+      "local", {"--exec", "n=$(cat " + ShellQuote(cut_file) + "); if [ \"$n\" = all ]; then exec " + receive +
+                              "; else " + ShellQuote(python) + " " +
+                              ShellQuote(std::string(BLKREP_JOBS_TEST_SCRIPTS) + "/cut_stream.py") + " \"$n\" | " +
+                              receive + "; fi"}));
+  ASSERT_TRUE(rig.CreateJob("vm100-1", "local"));
+  RunResult cut = rig.Blkrep({"run", "--id", "vm100-1", "--zstd-level", "0", "--batch-size", "256K"});
+  EXPECT_EQ(cut.exit_status, 1) << Describe(cut);
+  // The replica is marked incomplete: nothing may treat it as a cycle.
+  auto state = receiver::ReadGuestState(rig.replica_dir(), kGuest);
+  ASSERT_TRUE(state.ok()) << state.status().ToString();
+  EXPECT_TRUE(state->volumes[0].incomplete);
+  EXPECT_EQ(state->volumes[0].committed_epoch, 0u);
+  std::ofstream(cut_file, std::ios::trunc) << "all";
+  json done = rig.Run("vm100-1", {"--zstd-level", "0", "--batch-size", "256K"});
+  ASSERT_FALSE(done.is_null());
+  EXPECT_EQ(done["mode"], "full");
+  EXPECT_EQ(done["blocks_sent"], 8 * kMiB / kBlockBytes);
+  EXPECT_GT(done["kept_blocks"].get<std::uint64_t>(), 0u) << done.dump();
+  EXPECT_LT(done["raw_bytes"].get<std::uint64_t>(), 8 * kMiB) << done.dump();
+  rig.ExpectReplicasEqualSources();
+  state = receiver::ReadGuestState(rig.replica_dir(), kGuest);
+  ASSERT_TRUE(state.ok());
+  EXPECT_FALSE(state->volumes[0].incomplete);
+}
+
 // A recorded incremental stream and the replica directory it applies to.
 class CorruptStreamTest : public ::testing::Test {
  protected:
