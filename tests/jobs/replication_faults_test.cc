@@ -340,6 +340,25 @@ TEST_F(CorruptStreamTest, HugeLengthsOffsetsPastTheEndAndAWrongVolumeSizeAreRefu
   ExpectRefused(ReadAll(path), "wrong volume size", "has 2097152 bytes, the volume 3145728");
 }
 
+// `blkrep receive --listen 127.0.0.1:0 ...` for `rig`; the address it
+// bound, from its first line on stderr (empty on failure).
+std::string StartListener(Rig& rig, Process& receiver, std::vector<std::string> auth) {
+  std::vector<std::string> argv = {BlkrepBinary(), "receive", "--listen", "127.0.0.1:0", "--replica-dir",
+                                   rig.replica_dir()};
+  argv.insert(argv.end(), auth.begin(), auth.end());
+  if (!receiver.Start(argv, rig.dir().File("receiver.out"), rig.dir().File("receiver.err"))) return "";
+  for (int i = 0; i < 500; ++i) {
+    std::string err = receiver.err();
+    std::size_t at = err.find("receiving on ");
+    if (at != std::string::npos && err.find(" into ", at) != std::string::npos) {
+      return err.substr(at + 13, err.find(" into ", at) - at - 13);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ADD_FAILURE() << "the receiver did not listen: " << receiver.err();
+  return "";
+}
+
 TEST(ReplicationTransportTest, TcpWithAPreSharedKeyReplicatesAndAWrongKeyIsRefused) {
   BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
   Rig rig;
@@ -353,20 +372,8 @@ TEST(ReplicationTransportTest, TcpWithAPreSharedKeyReplicatesAndAWrongKeyIsRefus
     ::chmod(path.c_str(), 0600);
   }
   Process receiver;
-  ASSERT_TRUE(receiver.Start({BlkrepBinary(), "receive", "--listen", "127.0.0.1:0", "--replica-dir",
-                              rig.replica_dir(), "--psk-file", key},
-                             rig.dir().File("receiver.out"), rig.dir().File("receiver.err")));
-  std::string address;
-  for (int i = 0; i < 500 && address.empty(); ++i) {
-    std::string err = receiver.err();
-    std::size_t at = err.find("receiving on ");
-    if (at != std::string::npos && err.find(" into ", at) != std::string::npos) {
-      address = err.substr(at + 13, err.find(" into ", at) - at - 13);
-    } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-  }
-  ASSERT_FALSE(address.empty()) << receiver.err();
+  std::string address = StartListener(rig, receiver, {"--psk-file", key});
+  ASSERT_FALSE(address.empty());
   ASSERT_TRUE(rig.AddTarget("tcp", {"--connect", address, "--psk-file", key}));
   ASSERT_TRUE(rig.AddTarget("intruder", {"--connect", address, "--psk-file", wrong}));
   ASSERT_TRUE(rig.CreateJob("vm100-1", "tcp"));
@@ -380,6 +387,50 @@ TEST(ReplicationTransportTest, TcpWithAPreSharedKeyReplicatesAndAWrongKeyIsRefus
   receiver.Signal(SIGTERM);
   EXPECT_EQ(receiver.Wait(std::chrono::seconds(10)).value_or(-1), 0) << receiver.err();
   EXPECT_NE(receiver.err().find("blkrep: warning:"), std::string::npos) << receiver.err();
+}
+
+TEST(ReplicationTransportTest, TcpWithMutualTlsReplicatesAndAForeignCertificateIsRefused) {
+  BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
+  BLKREP_REQUIRE_PROGRAM(openssl, "openssl");
+  Rig rig;
+  rig.AddVolume("disk0", 1 * kMiB);
+  ASSERT_TRUE(rig.StartTracker());
+  ASSERT_TRUE(rig.QemuIo(qemu_io, "disk0", {"write -P 0x62 0 256K"}));
+  const std::string d = rig.dir().File("pki");
+  const std::string ec = " -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+  auto ca = [&](const std::string& name) {
+    return openssl + " req -x509" + ec + " -keyout " + d + "/" + name + ".key -out " + d + "/" + name +
+           ".crt -days 2 -subj /CN=" + name;
+  };
+  auto leaf = [&](const std::string& name, const std::string& issuer, const std::string& san) {
+    return "printf '%s\\n' 'subjectAltName=" + san + "' > " + d + "/" + name + ".ext && " + openssl + " req" + ec +
+           " -keyout " + d + "/" + name + ".key -out " + d + "/" + name + ".csr -subj /CN=" + name + " && " +
+           openssl + " x509 -req -in " + d + "/" + name + ".csr -CA " + d + "/" + issuer + ".crt -CAkey " + d + "/" +
+           issuer + ".key -CAcreateserial -days 2 -extfile " + d + "/" + name + ".ext -out " + d + "/" + name + ".crt";
+  };
+  std::string script = "mkdir -p " + d + " && " + ca("ca") + " && " + ca("other") + " && " +
+                       leaf("server", "ca", "IP:127.0.0.1") + " && " + leaf("client", "ca", "DNS:client") + " && " +
+                       leaf("rogue", "other", "DNS:client");
+  ASSERT_EQ(std::system(("(" + script + ") > " + rig.dir().File("openssl.log") + " 2>&1").c_str()), 0)
+      << Slurp(rig.dir().File("openssl.log"));
+  Process receiver;
+  std::string address = StartListener(
+      rig, receiver, {"--tls-cert", d + "/server.crt", "--tls-key", d + "/server.key", "--tls-ca", d + "/ca.crt"});
+  ASSERT_FALSE(address.empty());
+  ASSERT_TRUE(rig.AddTarget("tls", {"--connect", address, "--tls-ca", d + "/ca.crt", "--tls-cert",
+                                    d + "/client.crt", "--tls-key", d + "/client.key"}));
+  ASSERT_TRUE(rig.AddTarget("rogue", {"--connect", address, "--tls-ca", d + "/ca.crt", "--tls-cert",
+                                      d + "/rogue.crt", "--tls-key", d + "/rogue.key"}));
+  ASSERT_TRUE(rig.CreateJob("vm100-1", "tls"));
+  ASSERT_TRUE(rig.CreateJob("vm100-2", "rogue"));
+  json r = rig.Run("vm100-1");
+  EXPECT_EQ(r["mode"], "full");
+  rig.ExpectReplicasEqualSources();
+  RunResult refused = rig.Blkrep({"run", "--id", "vm100-2"});
+  EXPECT_EQ(refused.exit_status, 1) << Describe(refused);
+  EXPECT_EQ(rig.Status("vm100-2")["state"], "error");
+  receiver.Signal(SIGTERM);
+  EXPECT_EQ(receiver.Wait(std::chrono::seconds(10)).value_or(-1), 0) << receiver.err();
 }
 
 }  // namespace
