@@ -135,6 +135,8 @@ Status AttachFrozen(const std::string& reply, std::vector<SourceVolume>& volumes
       return Status::Internal("tracker: unexpected freeze reply: " + line);
     }
     BLKREP_ASSIGN_OR_RETURN(it->cow, tracker::CowStore::Open(cow_path));
+    // While this process lives, the tracker knows the cycle has a shipper.
+    BLKREP_RETURN_IF_ERROR(it->cow->HoldForShipping());
     if (it->cow->epoch() != epoch) return Status::Internal("copy-on-write store " + cow_path + " of another cycle");
     it->frozen.epoch = epoch;
     it->frozen.mode = mode == "full"     ? tracker::CycleMode::kFull

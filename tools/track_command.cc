@@ -6,10 +6,14 @@
 #include <malloc.h>
 #include <signal.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/fault_injecting_file_system.h"
@@ -182,6 +186,19 @@ int TrackCommand(const std::vector<std::string>& argv) {
   });
   Status listening = control.Start(tracker::ControlSocketPath(state_dir, guest));
   if (!listening.ok()) return ReportError(listening);
+  // Cycles whose shipper died are aborted, so their copy-on-write stores
+  // stop growing (5 s after the freeze at the earliest).
+  std::mutex reaper_mu;
+  std::condition_variable reaper_cv;
+  bool reaper_stop = false;
+  std::thread reaper([&] {
+    std::unique_lock lock(reaper_mu);
+    while (!reaper_cv.wait_for(lock, std::chrono::seconds(1), [&] { return reaper_stop; })) {
+      lock.unlock();
+      cycles.AbortOrphans(std::chrono::seconds(5));
+      lock.lock();
+    }
+  });
 
   tracker::NbdServer server(std::move(exports), server_options);
   Status started = server.Start();
@@ -197,6 +214,12 @@ int TrackCommand(const std::vector<std::string>& argv) {
 
   server.Shutdown();
   control.Stop();
+  {
+    std::lock_guard lock(reaper_mu);
+    reaper_stop = true;
+  }
+  reaper_cv.notify_all();
+  reaper.join();
   cycles.AbortAll();
   int status = kExitOk;
   for (auto& v : volumes) {

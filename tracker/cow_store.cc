@@ -1,6 +1,7 @@
 #include "tracker/cow_store.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -212,6 +213,19 @@ void CowStore::MarkShipped(std::uint64_t first_block, std::uint64_t count_blocks
 bool CowStore::overflowed() const { return header_->overflow.load() != kNone; }
 
 void CowStore::Abandon() { SetOverflow(kAbandoned); }
+
+core::Status CowStore::HoldForShipping() {
+  if (::flock(fd_, LOCK_SH | LOCK_NB) != 0) return core::ErrnoStatus(errno, "lock copy-on-write store " + path_);
+  return core::Status::Ok();
+}
+
+bool CowStore::HeldByAShipper() const {
+  // Our own descriptor is a different open file: an exclusive lock succeeds
+  // only when no shipper holds its shared one.
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) return errno == EWOULDBLOCK;
+  ::flock(fd_, LOCK_UN);
+  return false;
+}
 
 std::string CowStore::overflow_reason() const {
   switch (header_->overflow.load()) {

@@ -81,6 +81,12 @@ class CowStore {
   // Set when a block could not be preserved: the image is not a point in
   // time any more. The reason is in overflow_reason().
   bool overflowed() const;
+  // Shipper: holds a shared lock on the store for this object's lifetime
+  // (released by the kernel if the process dies), so the tracker can tell
+  // a cycle whose shipper is gone.
+  core::Status HoldForShipping();
+  // Tracker: whether a process (a shipper) holds the store.
+  bool HeldByAShipper() const;
   // Tracker: the cycle was abandoned (aborted, re-frozen, tracker stopping):
   // nothing preserves its blocks any more, so a shipper still reading must
   // fail the cycle. Sets the overflow flag with that reason.

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <sstream>
 
 #include "tracker/journal_format.h"
@@ -79,6 +80,7 @@ Status MakeDirs(const std::string& path) {
 std::string CycleControl::Handle(const std::string& request) {
   std::vector<std::string> w = Words(request);
   if (w.empty()) return "";
+  std::lock_guard lock(mu_);
   const std::string& verb = w[0];
   if (verb != "add-target" && verb != "freeze" && verb != "commit" && verb != "abort") return "";
   if (w.size() < 2 || !journal_format::IsValidName(w[1])) return "error: " + verb + " needs a job name\n";
@@ -173,6 +175,7 @@ Result<std::string> CycleControl::Freeze(const std::string& job, const std::stri
     reply << "volume " << volumes_[i].name << ' ' << cycles[i].epoch << ' ' << CycleModeName(cycles[i].mode) << ' '
           << cycles[i].blocks.Count() << ' ' << frozen.stores[i]->path() << '\n';
   }
+  frozen.since = std::chrono::steady_clock::now();
   frozen_[job] = std::move(frozen);
   return reply.str();
 }
@@ -198,7 +201,25 @@ Status CycleControl::Finish(const std::string& job, bool commit) {
 }
 
 void CycleControl::AbortAll() {
+  std::lock_guard lock(mu_);
   while (!frozen_.empty()) (void)Finish(frozen_.begin()->first, false);
+}
+
+int CycleControl::AbortOrphans(std::chrono::steady_clock::duration grace) {
+  std::lock_guard lock(mu_);
+  std::vector<std::string> orphans;
+  auto now = std::chrono::steady_clock::now();
+  for (const auto& [job, frozen] : frozen_) {
+    if (now - frozen.since < grace) continue;
+    bool held = false;
+    for (const auto& store : frozen.stores) held = held || (store && store->HeldByAShipper());
+    if (!held) orphans.push_back(job);
+  }
+  for (const std::string& job : orphans) {
+    std::fprintf(stderr, "blkrep: warning: the shipper of job %s is gone; its cycle is aborted\n", job.c_str());
+    (void)Finish(job, false);
+  }
+  return static_cast<int>(orphans.size());
 }
 
 }  // namespace blkrep::tracker

@@ -24,6 +24,7 @@
 // control server's thread, one request at a time.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
@@ -86,6 +87,12 @@ class CycleControl {
 
   // Aborts every cycle still frozen (the tracker is stopping).
   void AbortAll();
+  // Aborts the cycles whose shipper is gone: frozen for longer than
+  // `grace` and no process holds their copy-on-write store (a shipper
+  // holds it while it runs, see CowStore::HoldForShipping). Without this,
+  // a killed `blkrep run` would leave the guest's writes copied into the
+  // store, up to its cap, until that job's next run. Returns how many.
+  int AbortOrphans(std::chrono::steady_clock::duration grace);
 
  private:
   core::Status AddTarget(const std::string& job);
@@ -100,8 +107,11 @@ class CycleControl {
   struct Frozen {
     std::vector<std::uint64_t> epochs;
     std::vector<std::shared_ptr<CowStore>> stores;
+    std::chrono::steady_clock::time_point since;
   };
-  std::map<std::string, Frozen> frozen_;
+  // Handle, AbortAll and AbortOrphans may run on different threads.
+  std::mutex mu_;
+  std::map<std::string, Frozen> frozen_;  // GUARDED_BY(mu_)
 };
 
 }  // namespace blkrep::tracker

@@ -196,8 +196,18 @@ TEST(ReplicationTest, AShipperKilledMidCycleLeavesNothingStuckAndTheNextRunCompl
   ASSERT_TRUE(run.Start({BlkrepBinary(), "run", "--id", "vm100-1", "--zstd-level", "0", "--state-dir", rig.state_dir()},
                         rig.dir().File("run.out"), rig.dir().File("run.err")));
   std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  const std::string store = rig.state_dir() + "/cow/vm100/vm100-1/disk0.cow";
+  ASSERT_TRUE(std::filesystem::exists(store)) << "the cycle should be frozen";
   run.Signal(SIGKILL);
   run.Wait(std::chrono::seconds(10));
+  // The tracker notices the shipper is gone (its lock on the store went
+  // with it) and aborts the cycle: the store stops growing and goes away.
+  for (int i = 0; i < 150 && std::filesystem::exists(store); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_FALSE(std::filesystem::exists(store)) << "the orphaned cycle was not aborted";
+  EXPECT_NE(rig.tracker().process().err().find("the shipper of job vm100-1 is gone"), std::string::npos)
+      << rig.tracker().process().err();
   // The tracker still holds the frozen cycle and its store; the next run
   // abandons it (its blocks are dirty again) and ships the volume.
   ASSERT_TRUE(rig.QemuIo(qemu_io, "disk0", {"write -P 0x72 1M 64K"}));
