@@ -215,7 +215,11 @@ bool CowStore::overflowed() const { return header_->overflow.load() != kNone; }
 void CowStore::Abandon() { SetOverflow(kAbandoned); }
 
 core::Status CowStore::HoldForShipping() {
-  if (::flock(fd_, LOCK_SH | LOCK_NB) != 0) return core::ErrnoStatus(errno, "lock copy-on-write store " + path_);
+  // Blocking: the tracker's probe holds the exclusive lock only for an
+  // instant.
+  while (::flock(fd_, LOCK_SH) != 0) {
+    if (errno != EINTR) return core::ErrnoStatus(errno, "lock copy-on-write store " + path_);
+  }
   return core::Status::Ok();
 }
 
