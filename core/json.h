@@ -40,6 +40,9 @@ class JsonWriter {
   JsonWriter& Null();
   // Shortest text that reads back as the same double; NaN/Inf as null.
   JsonWriter& Double(double value);
+  // A value that is already JSON, inserted as is. REQUIRES: one complete
+  // JSON value this program produced (never text from outside).
+  JsonWriter& Raw(std::string_view json);
 
   // The text written so far; a complete document once complete().
   const std::string& str() const { return out_; }

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <chrono>
 
 #include "tracker/journal_format.h"
 
@@ -38,6 +39,16 @@ CREATE TABLE IF NOT EXISTS jobs (
   last_blocks_sent INTEGER NOT NULL DEFAULT 0,
   UNIQUE (guest, target)
 );
+CREATE TABLE IF NOT EXISTS events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  time INTEGER NOT NULL,
+  kind TEXT NOT NULL,
+  job TEXT NOT NULL,
+  guest TEXT NOT NULL,
+  message TEXT NOT NULL,
+  details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_time ON events (time);
 )sql";
 
 // A prepared statement, finalized on scope exit.
@@ -262,6 +273,33 @@ Status JobStore::SaveJob(const Job& j) {
   if (s.Step() != SQLITE_DONE) return s.Error("save job " + j.id);
   if (sqlite3_changes(db_) != 1) return Status::NotFound("no job " + j.id);
   return Status::Ok();
+}
+
+Status JobStore::AddEvent(Event e) {
+  if (e.time == 0) {
+    e.time = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+                 .count();
+  }
+  if (e.details.empty()) e.details = "{}";
+  Stmt s(db_, "INSERT INTO events (time, kind, job, guest, message, details) VALUES (?,?,?,?,?,?)");
+  if (!s.ok()) return s.Error("prepare");
+  s.Int(1, e.time).Text(2, e.kind).Text(3, e.job).Text(4, e.guest).Text(5, e.message).Text(6, e.details);
+  if (s.Step() != SQLITE_DONE) return s.Error("add event");
+  return Status::Ok();
+}
+
+Result<std::vector<Event>> JobStore::ListEvents(std::int64_t since) {
+  Stmt s(db_, "SELECT id, time, kind, job, guest, message, details FROM events WHERE time >= ? ORDER BY id");
+  if (!s.ok()) return s.Error("prepare");
+  s.Int(1, since);
+  std::vector<Event> out;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) {
+    out.push_back(Event{s.ColInt(0), s.ColInt(1), s.ColText(2), s.ColText(3), s.ColText(4), s.ColText(5),
+                        s.ColText(6)});
+  }
+  if (rc != SQLITE_DONE) return s.Error("list events");
+  return out;
 }
 
 }  // namespace blkrep::jobs

@@ -49,6 +49,18 @@ struct Job {
   std::uint64_t last_blocks_sent = 0;
 };
 
+// One entry of the event history (`blkrep events`): what happened to a
+// job, when. Kinds so far: cycle-completed, cycle-failed, state-changed.
+struct Event {
+  std::int64_t id = 0;
+  std::int64_t time = 0;  // epoch seconds
+  std::string kind;
+  std::string job;
+  std::string guest;
+  std::string message;    // one line for people
+  std::string details;    // a JSON object for programs ("{}" if none)
+};
+
 // GUEST-N with a valid guest name and N a decimal number.
 core::Status ValidateJobId(const std::string& id, std::string* guest);
 
@@ -71,6 +83,11 @@ class JobStore {
   core::Result<std::vector<Job>> ListJobs();
   // Writes every column of `job` (found by id).
   core::Status SaveJob(const Job& job);
+
+  // Appends an event (its id and, if 0, its time are filled in).
+  core::Status AddEvent(Event event);
+  // Events at or after `since` (epoch seconds), oldest first.
+  core::Result<std::vector<Event>> ListEvents(std::int64_t since);
 
  private:
   explicit JobStore(sqlite3* db) : db_(db) {}

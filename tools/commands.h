@@ -14,5 +14,6 @@ int TargetCommand(const std::vector<std::string>& argv);
 int CreateLocalJobCommand(const std::vector<std::string>& argv);
 int RunCommand(const std::vector<std::string>& argv);
 int StatusCommand(const std::vector<std::string>& argv);
+int EventsCommand(const std::vector<std::string>& argv);
 
 }  // namespace blkrep::tools

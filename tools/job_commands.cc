@@ -4,6 +4,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -102,6 +103,55 @@ class Progress {
   std::chrono::steady_clock::time_point last_{};
 };
 
+// The history of a run: cycle-completed or cycle-failed, and
+// state-changed when the job's state is not what it was before the run.
+// Best effort: a failure to record is a warning, never the run's failure.
+void RecordEvents(jobs::JobStore& store, const jobs::Job& job, const std::string& previous_state,
+                  const Result<jobs::CycleResult>& ran) {
+  std::vector<jobs::Event> events;
+  jobs::Event e;
+  e.job = job.id;
+  e.guest = job.guest;
+  core::JsonWriter details;
+  details.BeginObject();
+  if (ran.ok()) {
+    const auto& s = ran->stats;
+    e.kind = "cycle-completed";
+    char text[256];
+    std::snprintf(text, sizeof(text), "%s cycle: %llu blocks (%llu data, %llu zero, %llu kept), %s on the wire, %.2f s",
+                  ran->mode.c_str(), (unsigned long long)ran->blocks_sent, (unsigned long long)s.data_blocks,
+                  (unsigned long long)s.zero_blocks, (unsigned long long)s.kept_blocks,
+                  core::FormatSize(s.bytes_sent).c_str(), job.duration_s);
+    e.message = text;
+    details.Key("mode").String(ran->mode).Key("blocks_sent").Uint(ran->blocks_sent);
+    details.Key("data_blocks").Uint(s.data_blocks).Key("zero_blocks").Uint(s.zero_blocks);
+    details.Key("kept_blocks").Uint(s.kept_blocks).Key("bytes_sent").Uint(s.bytes_sent);
+    details.Key("duration").Double(job.duration_s);
+  } else {
+    e.kind = "cycle-failed";
+    e.message = job.error;
+    details.Key("error").String(job.error).Key("fail_count").Uint(job.fail_count);
+  }
+  details.EndObject();
+  e.details = details.str();
+  events.push_back(e);
+  if (previous_state != job.state) {
+    jobs::Event changed;
+    changed.job = job.id;
+    changed.guest = job.guest;
+    changed.kind = "state-changed";
+    changed.message = previous_state + " -> " + job.state;
+    core::JsonWriter d;
+    d.BeginObject().Key("from").String(previous_state).Key("to").String(job.state).EndObject();
+    changed.details = d.str();
+    events.push_back(changed);
+  }
+  for (const auto& ev : events) {
+    Status added = store.AddEvent(ev);
+    if (!added.ok()) std::fprintf(stderr, "blkrep: warning: %s\n", added.ToString().c_str());
+  }
+}
+
 // Runs one job now and records the outcome in the store and in `report`.
 Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir, bool verbose,
               const shipper::ShipOptions& ship, core::JsonWriter& report) {
@@ -149,7 +199,6 @@ Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir
     job.error = ran.status().ToString();
     ++job.fail_count;
   }
-  (void)previous_state;
   // Only the run's columns: the definition may have been edited meanwhile.
   Result<jobs::Job> fresh = store.GetJob(job.id);
   if (fresh.ok()) {
@@ -166,6 +215,7 @@ Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir
     job = current;
   }
   BLKREP_RETURN_IF_ERROR(store.SaveJob(job));
+  RecordEvents(store, job, previous_state, ran);
   report.BeginObject().Key("id").String(job.id).Key("state").String(job.state).Key("error");
   if (job.error.empty()) report.Null();
   else report.String(job.error);
@@ -397,6 +447,60 @@ int StatusCommand(const std::vector<std::string>& argv) {
     std::printf("%-12s %-8s %-12s %-20s %-20s %10.2f %9llu %s\n", j.id.c_str(), j.enabled ? "Yes" : "No",
                 j.target.c_str(), FormatTime(j.last_sync).c_str(), FormatTime(NextSync(j)).c_str(), j.duration_s,
                 (unsigned long long)j.fail_count, state.c_str());
+  }
+  return kExitOk;
+}
+
+namespace {
+
+// TIME: epoch seconds, or local "YYYY-MM-DD", "YYYY-MM-DD HH:MM[:SS]" or
+// "YYYY-MM-DDTHH:MM[:SS]".
+Result<std::int64_t> ParseTime(const std::string& text) {
+  if (!text.empty() && std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
+      text.size() <= 12) {
+    return static_cast<std::int64_t>(std::stoll(text));
+  }
+  for (const char* format : {"%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M",
+                             "%Y-%m-%d"}) {
+    std::tm tm{};
+    tm.tm_isdst = -1;
+    const char* end = ::strptime(text.c_str(), format, &tm);
+    if (end != nullptr && *end == '\0') return static_cast<std::int64_t>(std::mktime(&tm));
+  }
+  return Status::InvalidArgument("--since: expected epoch seconds or YYYY-MM-DD[ HH:MM[:SS]], got '" + text + "'");
+}
+
+}  // namespace
+
+int EventsCommand(const std::vector<std::string>& argv) {
+  constexpr const char* kUsage = "usage: blkrep events [--json] [--since TIME]";
+  auto args = ParseArgs(argv, {"state-dir", "since"}, {"json"});
+  if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
+  if (!args->positional.empty()) return ReportError(Status::InvalidArgument(kUsage));
+  std::int64_t since = 0;
+  if (auto t = args->Value("since")) {
+    auto parsed = ParseTime(*t);
+    if (!parsed.ok()) return ReportError(parsed.status());
+    since = *parsed;
+  }
+  auto store = OpenStore(*args);
+  if (!store.ok()) return ReportError(store.status());
+  auto events = (*store)->ListEvents(since);
+  if (!events.ok()) return ReportError(events.status());
+  if (args->Flag("json")) {
+    core::JsonWriter w(core::JsonStyle::kPretty);
+    w.BeginArray();
+    for (const auto& e : *events) {
+      w.BeginObject().Key("id").Int(e.id).Key("time").Int(e.time).Key("kind").String(e.kind);
+      w.Key("job").String(e.job).Key("guest").String(e.guest).Key("message").String(e.message);
+      w.Key("details").Raw(e.details).EndObject();
+    }
+    w.EndArray();
+    std::printf("%s\n", w.str().c_str());
+    return kExitOk;
+  }
+  for (const auto& e : *events) {
+    std::printf("%s  %-16s %-12s %s\n", FormatTime(e.time).c_str(), e.kind.c_str(), e.job.c_str(), e.message.c_str());
   }
   return kExitOk;
 }

@@ -23,6 +23,7 @@ constexpr const char* kUsage =
     "  create-local-job JOBID TARGET [--schedule SPEC] [--rate MBPS] [--comment TEXT] [--disable]\n"
     "  run [--id JOBID] [--verbose]       run due jobs, or one job now\n"
     "  status [--json]                    the jobs and their state\n"
+    "  events [--json] [--since TIME]     what happened to the jobs (cycles, failures, state changes)\n"
     "  version                            print the version\n"
     "\n"
     "common options: --state-dir DIR (default $BLKREP_STATE_DIR or /var/lib/blkrep)\n";
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
   if (command == "create-local-job") return blkrep::tools::CreateLocalJobCommand(rest);
   if (command == "run") return blkrep::tools::RunCommand(rest);
   if (command == "status") return blkrep::tools::StatusCommand(rest);
+  if (command == "events") return blkrep::tools::EventsCommand(rest);
   if (command == "version" || command == "--version") {
     std::printf("blkrep %s\n", BLKREP_VERSION);
     return blkrep::tools::kExitOk;

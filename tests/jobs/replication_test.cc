@@ -67,6 +67,14 @@ TEST(ReplicationTest, FullThenIncrementalOfATwoVolumeGuestWrittenThroughNbd) {
   EXPECT_EQ(third["mode"], "incremental");
   EXPECT_EQ(third["blocks_sent"], 0);
   rig.ExpectReplicasEqualSources();
+  // Each cycle is in the history with its figures.
+  json events = json::parse(rig.Blkrep({"events", "--json"}).out, nullptr, false);
+  ASSERT_TRUE(events.is_array());
+  ASSERT_EQ(events.size(), 3u) << events.dump();
+  EXPECT_EQ(events[0]["details"]["mode"], "full");
+  EXPECT_EQ(events[1]["details"]["blocks_sent"], 8);
+  EXPECT_EQ(events[1]["details"]["zero_blocks"], 2);
+  for (const auto& e : events) EXPECT_EQ(e["kind"], "cycle-completed") << e.dump();
 }
 
 TEST(ReplicationTest, WithoutATrackerRunWorksFromTheJournalsAndTheVolumes) {
@@ -108,6 +116,27 @@ TEST(ReplicationTest, AFailingTargetLeavesStateErrorAndCountsFailures) {
     ASSERT_TRUE(st["error"].is_string());
     EXPECT_NE(st["error"].get<std::string>().find("receiver is down"), std::string::npos) << st.dump();
   }
+  // The history: two failed cycles, one change of state (ok -> error).
+  RunResult events = rig.Blkrep({"events", "--json"});
+  ASSERT_EQ(events.exit_status, 0) << Describe(events);
+  json list = json::parse(events.out, nullptr, false);
+  ASSERT_TRUE(list.is_array()) << events.out;
+  std::vector<std::string> kinds;
+  for (const auto& e : list) {
+    kinds.push_back(e["kind"]);
+    EXPECT_EQ(e["job"], "vm100-1");
+    if (e["kind"] == "cycle-failed") {
+      EXPECT_NE(e["message"].get<std::string>().find("receiver is down"), std::string::npos) << e.dump();
+    }
+    if (e["kind"] == "state-changed") {
+      EXPECT_EQ(e["details"]["to"], "error") << e.dump();
+    }
+  }
+  EXPECT_EQ(kinds, (std::vector<std::string>{"cycle-failed", "state-changed", "cycle-failed"}));
+  // Nothing happened after the far future.
+  RunResult later = rig.Blkrep({"events", "--json", "--since", "2100-01-01"});
+  EXPECT_EQ(json::parse(later.out, nullptr, false).size(), 0u) << later.out;
+  EXPECT_EQ(rig.Blkrep({"events", "--since", "yesterday"}).exit_status, 2);
   // The cycle was aborted: the blocks are still dirty for the target.
   json report = Inspect(rig.dir(), rig.state_dir());
   EXPECT_EQ(VolumeReport(report, "disk0")["targets"][0]["dirty_blocks"], 256) << report.dump();
