@@ -1,5 +1,8 @@
 #include "receiver/async_writer.h"
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
 
 #include "proto/frame.h"
@@ -54,7 +57,7 @@ Status AsyncWriter::Submit(core::FileBlockDevice& device, std::uint64_t offset_b
   current_ = nullptr;
   // O_DIRECT for the aligned case; a short tail (the volume's last block)
   // goes through the page cache.
-  bool direct = device.direct_fd() >= 0 && offset_bytes % 4096 == 0 && length % 4096 == 0;
+  bool direct = !direct_refused_ && device.direct_fd() >= 0 && offset_bytes % 4096 == 0 && length % 4096 == 0;
   slot->op = core::AsyncOp{};
   slot->op.kind = core::AsyncOp::Kind::kWrite;
   slot->op.fd = direct ? device.direct_fd() : device.fd();
@@ -62,7 +65,25 @@ Status AsyncWriter::Submit(core::FileBlockDevice& device, std::uint64_t offset_b
   slot->op.buffer = slot->buffer.get();
   slot->op.length_bytes = length;
   std::string path = device.path();
-  slot->op.done = [this, slot, path, offset_bytes, length](Status s) {
+  int buffered_fd = device.fd();
+  slot->op.done = [this, slot, path, offset_bytes, length, direct, buffered_fd](Status s) {
+    if (!s.ok() && direct && s.error_number() == EINVAL) {
+      // The device wants a larger alignment than 4 KiB: write this one
+      // through the page cache (rare; blocks the engine thread briefly)
+      // and send later ones there too.
+      s = Status::Ok();
+      for (std::size_t done = 0; done < length;) {
+        ssize_t n = ::pwrite(buffered_fd, slot->buffer.get() + done, length - done,
+                             static_cast<off_t>(offset_bytes + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          s = core::ErrnoStatus(n < 0 ? errno : EIO, "write");
+          break;
+        }
+        done += static_cast<std::size_t>(n);
+      }
+      direct_refused_ = true;
+    }
     std::lock_guard lock(mu_);
     if (!s.ok() && failure_.ok()) {
       failure_ = s.WithContext("write " + path + " at [" + std::to_string(offset_bytes) + ", +" +
@@ -83,9 +104,9 @@ Status AsyncWriter::Submit(core::FileBlockDevice& device, std::uint64_t offset_b
 Status AsyncWriter::Drain() {
   std::unique_lock lock(mu_);
   cv_.wait(lock, [&] { return in_flight_ == 0; });
-  Status s = failure_;
-  failure_ = Status::Ok();
-  return s;
+  // Sticky: a later flush must not make the record of a failed write
+  // durable. A session ends on the first failure anyway.
+  return failure_;
 }
 
 }  // namespace blkrep::receiver

@@ -16,6 +16,7 @@
 // the engine's thread.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -45,7 +46,8 @@ class AsyncWriter {
   // Writes Current()'s first `length` bytes at `offset_bytes` of `device`
   // (which must outlive the write: Drain before closing it).
   core::Status Submit(core::FileBlockDevice& device, std::uint64_t offset_bytes, std::size_t length);
-  // Waits for every write; the first failure since the last Drain.
+  // Waits for every write; the first failure of any write so far (it stays:
+  // nothing may be made durable after a lost write).
   core::Status Drain();
 
  private:
@@ -60,6 +62,7 @@ class AsyncWriter {
   std::vector<Slot*> free_;         // GUARDED_BY(mu_)
   std::size_t in_flight_ = 0;       // GUARDED_BY(mu_)
   core::Status failure_;            // GUARDED_BY(mu_)
+  std::atomic<bool> direct_refused_ = false;  // O_DIRECT failed with EINVAL once
 };
 
 }  // namespace blkrep::receiver

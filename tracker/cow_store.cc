@@ -226,7 +226,8 @@ core::Status CowStore::HoldForShipping() {
 bool CowStore::HeldByAShipper() const {
   // Our own descriptor is a different open file: an exclusive lock succeeds
   // only when no shipper holds its shared one.
-  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) return errno == EWOULDBLOCK;
+  // Any failure to tell counts as held: never abort a running shipper.
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) return true;
   ::flock(fd_, LOCK_UN);
   return false;
 }
