@@ -318,4 +318,19 @@ Result<CycleResult> RunCycle(const CycleRequest& request) {
   return result;
 }
 
+std::optional<std::string> ResyncRequiredReason(const std::string& state_dir, const std::string& guest,
+                                                const std::string& job) {
+  Result<std::vector<SourceVolume>> volumes = DiscoverVolumes(state_dir, guest);
+  if (!volumes.ok()) return std::nullopt;
+  for (const SourceVolume& v : *volumes) {
+    const tracker::TargetReport* t = FindTarget(v.report, job);
+    if (t && t->resync_required) return v.name + ": " + t->resync_reason;
+    // A journal that lost the target (corrupt, recreated) knows nothing of it.
+    if (!t && v.report.resync_required) {
+      return v.name + ": " + (v.report.resync_reason.empty() ? "the journal requires a resync" : v.report.resync_reason);
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace blkrep::jobs

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,5 +46,12 @@ struct CycleResult {
 };
 
 core::Result<CycleResult> RunCycle(const CycleRequest& request);
+
+// Why the next cycle of `job` must be a resync (the journal of a volume of
+// `guest` is corrupt, degraded or lost its target, or marked the target
+// resync-required), or nullopt if nothing says so. Reads the journal files
+// (safe while a tracker runs); a guest without journals has no reason.
+std::optional<std::string> ResyncRequiredReason(const std::string& state_dir, const std::string& guest,
+                                                const std::string& job);
 
 }  // namespace blkrep::jobs

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <map>
 
 #include "core/json.h"
 #include "core/units.h"
@@ -412,6 +413,16 @@ int StatusCommand(const std::vector<std::string>& argv) {
   if (!store.ok()) return ReportError(store.status());
   auto all = (*store)->ListJobs();
   if (!all.ok()) return ReportError(all.status());
+  // A job whose journal says its next cycle must be a resync shows it
+  // (unless it is syncing, suspended or disabled), with the reason.
+  std::map<std::string, std::string> resync_reasons;
+  for (auto& j : *all) {
+    if (j.state == "syncing" || j.state == "suspended" || !j.enabled) continue;
+    if (auto reason = jobs::ResyncRequiredReason(StateDir(*args), j.guest, j.id)) {
+      j.state = "resync-required";
+      resync_reasons[j.id] = *reason;
+    }
+  }
   if (args->Flag("json")) {
     core::JsonWriter w(core::JsonStyle::kPretty);
     w.BeginArray();
@@ -434,6 +445,9 @@ int StatusCommand(const std::vector<std::string>& argv) {
       if (j.last_mode.empty()) w.Null();
       else w.String(j.last_mode);
       w.Key("last_bytes_sent").Uint(j.last_bytes_sent).Key("last_blocks_sent").Uint(j.last_blocks_sent);
+      w.Key("resync_reason");
+      if (auto it = resync_reasons.find(j.id); it != resync_reasons.end()) w.String(it->second);
+      else w.Null();
       w.EndObject();
     }
     w.EndArray();
@@ -444,6 +458,7 @@ int StatusCommand(const std::vector<std::string>& argv) {
               "Duration", "FailCount", "State");
   for (const auto& j : *all) {
     std::string state = j.state == "error" ? "error: " + j.error : j.state;
+    if (auto it = resync_reasons.find(j.id); it != resync_reasons.end()) state += ": " + it->second;
     std::printf("%-12s %-8s %-12s %-20s %-20s %10.2f %9llu %s\n", j.id.c_str(), j.enabled ? "Yes" : "No",
                 j.target.c_str(), FormatTime(j.last_sync).c_str(), FormatTime(NextSync(j)).c_str(), j.duration_s,
                 (unsigned long long)j.fail_count, state.c_str());
