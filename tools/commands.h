@@ -15,5 +15,7 @@ int CreateLocalJobCommand(const std::vector<std::string>& argv);
 int RunCommand(const std::vector<std::string>& argv);
 int StatusCommand(const std::vector<std::string>& argv);
 int EventsCommand(const std::vector<std::string>& argv);
+int SuspendCommand(const std::vector<std::string>& argv);
+int ResumeCommand(const std::vector<std::string>& argv);
 
 }  // namespace blkrep::tools

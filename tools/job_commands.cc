@@ -204,7 +204,8 @@ Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir
   Result<jobs::Job> fresh = store.GetJob(job.id);
   if (fresh.ok()) {
     jobs::Job current = *fresh;
-    current.state = job.state;
+    // Suspended while it ran: it stays suspended.
+    if (current.state != "suspended") current.state = job.state;
     current.error = job.error;
     current.fail_count = job.fail_count;
     current.last_sync = job.last_sync;
@@ -355,6 +356,9 @@ int RunCommand(const std::vector<std::string>& argv) {
     if (!valid.ok()) return ReportError(valid);
     auto job = (*store)->GetJob(*id);
     if (!job.ok()) return ReportError(job.status());
+    if (job->state == "suspended") {
+      return ReportError(Status::Aborted("job " + *id + " is suspended (blkrep resume " + *id + ")"));
+    }
     to_run.push_back(*job);
   } else {
     auto all = (*store)->ListJobs();
@@ -518,6 +522,57 @@ int EventsCommand(const std::vector<std::string>& argv) {
     std::printf("%s  %-16s %-12s %s\n", FormatTime(e.time).c_str(), e.kind.c_str(), e.job.c_str(), e.message.c_str());
   }
   return kExitOk;
+}
+
+namespace {
+
+// Sets a job's state by hand (suspend, resume) and records the change.
+int SetJobState(const std::vector<std::string>& argv, const char* usage, bool suspend) {
+  auto args = ParseArgs(argv, {"state-dir"}, {"resync"});
+  if (!args.ok()) return ReportError(args.status().WithContext(usage));
+  if (args->positional.size() != 1) return ReportError(Status::InvalidArgument(usage));
+  const std::string& id = args->positional[0];
+  Status valid = jobs::ValidateJobId(id, nullptr);
+  if (!valid.ok()) return ReportError(valid);
+  if (args->Flag("resync")) {
+    return ReportError(Status::Unsupported("resume --resync needs checksum resync, which this version lacks"));
+  }
+  auto store = OpenStore(*args);
+  if (!store.ok()) return ReportError(store.status());
+  auto job = (*store)->GetJob(id);
+  if (!job.ok()) return ReportError(job.status());
+  std::string before = job->state;
+  if (suspend) {
+    job->state = "suspended";
+  } else if (before == "suspended") {
+    job->state = job->error.empty() ? "ok" : "error";
+  }
+  if (job->state == before) return kExitOk;
+  Status saved = (*store)->SaveJob(*job);
+  if (!saved.ok()) return ReportError(saved);
+  jobs::Event e;
+  e.kind = "state-changed";
+  e.job = job->id;
+  e.guest = job->guest;
+  e.message = before + " -> " + job->state + (suspend ? " (suspended by hand)" : " (resumed by hand)");
+  core::JsonWriter d;
+  d.BeginObject().Key("from").String(before).Key("to").String(job->state).EndObject();
+  e.details = d.str();
+  Status added = (*store)->AddEvent(e);
+  if (!added.ok()) std::fprintf(stderr, "blkrep: warning: %s\n", added.ToString().c_str());
+  return kExitOk;
+}
+
+}  // namespace
+
+// Hyper-V's Suspend-VMReplication: no cycle runs (tracking goes on, so the
+// changes accumulate) until resume.
+int SuspendCommand(const std::vector<std::string>& argv) {
+  return SetJobState(argv, "usage: blkrep suspend JOBID", true);
+}
+
+int ResumeCommand(const std::vector<std::string>& argv) {
+  return SetJobState(argv, "usage: blkrep resume JOBID [--resync]", false);
 }
 
 }  // namespace blkrep::tools

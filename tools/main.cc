@@ -24,6 +24,7 @@ constexpr const char* kUsage =
     "  run [--id JOBID] [--verbose]       run due jobs, or one job now\n"
     "  status [--json]                    the jobs and their state\n"
     "  events [--json] [--since TIME]     what happened to the jobs (cycles, failures, state changes)\n"
+    "  suspend JOBID | resume JOBID       pause a job's cycles (changes keep being tracked), go on\n"
     "  version                            print the version\n"
     "\n"
     "common options: --state-dir DIR (default $BLKREP_STATE_DIR or /var/lib/blkrep)\n";
@@ -46,6 +47,8 @@ int main(int argc, char** argv) {
   if (command == "run") return blkrep::tools::RunCommand(rest);
   if (command == "status") return blkrep::tools::StatusCommand(rest);
   if (command == "events") return blkrep::tools::EventsCommand(rest);
+  if (command == "suspend") return blkrep::tools::SuspendCommand(rest);
+  if (command == "resume") return blkrep::tools::ResumeCommand(rest);
   if (command == "version" || command == "--version") {
     std::printf("blkrep %s\n", BLKREP_VERSION);
     return blkrep::tools::kExitOk;

@@ -319,3 +319,46 @@ TEST(ReplicationTest, ACorruptedJournalShowsTheJobResyncRequiredAndTheNextCycleB
 
 }  // namespace
 }  // namespace blkrep::jobs::test
+
+namespace blkrep::jobs::test {
+namespace {
+
+TEST(ReplicationTest, ASuspendedJobRunsNoCycleAndAfterResumeBringsWhatAccumulated) {
+  BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
+  Rig rig;
+  rig.AddVolume("disk0", 1 * kMiB);
+  ASSERT_TRUE(rig.StartTracker());
+  ASSERT_TRUE(rig.AddLocalTarget("local"));
+  ASSERT_TRUE(rig.CreateJob("vm100-1", "local"));
+  ASSERT_FALSE(rig.Run("vm100-1").is_null());
+  ASSERT_EQ(rig.Blkrep({"suspend", "vm100-1"}).exit_status, 0);
+  EXPECT_EQ(rig.Status("vm100-1")["state"], "suspended");
+  EXPECT_TRUE(rig.Status("vm100-1")["next_sync"].is_null());
+  ASSERT_TRUE(rig.QemuIo(qemu_io, "disk0", {"write -P 0x21 0 8K", "write -P 0x22 64K 4K"}));
+  RunResult refused = rig.Blkrep({"run", "--id", "vm100-1"});
+  EXPECT_EQ(refused.exit_status, 1) << Describe(refused);
+  EXPECT_NE(refused.err.find("is suspended"), std::string::npos) << refused.err;
+  RunResult due = rig.Blkrep({"run", "--json"});  // every due job: none
+  EXPECT_EQ(due.exit_status, 0) << Describe(due);
+  EXPECT_EQ(json::parse(due.out, nullptr, false).size(), 0u) << due.out;
+  EXPECT_EQ(rig.Blkrep({"resume", "vm100-1", "--resync"}).exit_status, 1);  // not in this version
+  ASSERT_EQ(rig.Blkrep({"resume", "vm100-1"}).exit_status, 0);
+  EXPECT_EQ(rig.Status("vm100-1")["state"], "ok");
+  json r = rig.Run("vm100-1");
+  EXPECT_EQ(r["mode"], "incremental");
+  EXPECT_EQ(r["blocks_sent"], 3);  // 2 + 1 blocks of 4 KiB, written while suspended
+  rig.ExpectReplicasEqualSources();
+  json events = json::parse(rig.Blkrep({"events", "--json"}).out, nullptr, false);
+  std::vector<std::string> changes;
+  for (const auto& e : events) {
+    if (e["kind"] == "state-changed") changes.push_back(e["message"]);
+  }
+  ASSERT_EQ(changes.size(), 2u) << events.dump();
+  EXPECT_EQ(changes[0].rfind("ok -> suspended", 0), 0u);
+  EXPECT_EQ(changes[1].rfind("suspended -> ok", 0), 0u);
+  EXPECT_EQ(rig.Blkrep({"suspend", "vm100-9"}).exit_status, 1);
+  EXPECT_EQ(rig.Blkrep({"suspend"}).exit_status, 2);
+}
+
+}  // namespace
+}  // namespace blkrep::jobs::test
