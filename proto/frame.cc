@@ -46,12 +46,13 @@ std::uint32_t MaxBodyBytes(FrameType type) {
 
 namespace {
 
-std::uint64_t FrameChecksum(std::span<const std::byte> header16, std::span<const std::byte> body) {
-  // xxh3-64 over the first 16 header bytes followed by the body, computed as
-  // one hash of the concatenation without copying the body.
+// xxh3-64 over the first 16 header bytes followed by the body (given in
+// consecutive parts), one hash of the concatenation without copying it.
+std::uint64_t FrameChecksum(std::span<const std::byte> header16,
+                            std::initializer_list<std::span<const std::byte>> body) {
   core::Xxh3Stream h;
   h.Update(header16);
-  h.Update(body);
+  for (auto part : body) h.Update(part);
   return h.Digest();
 }
 
@@ -75,10 +76,7 @@ void EncodeHeader(FrameType type, std::uint32_t sequence, std::initializer_list<
   w.U16(0);  // reserved
   w.U32(static_cast<std::uint32_t>(length));
   w.U32(sequence);
-  core::Xxh3Stream checksum;
-  checksum.Update(std::span(h.data(), 16));
-  for (auto part : body) checksum.Update(part);
-  w.U64(checksum.Digest());
+  w.U64(FrameChecksum(std::span(h.data(), 16), body));
   std::memcpy(out, h.data(), kFrameHeaderBytes);
 }
 
@@ -117,7 +115,7 @@ Result<FrameHeader> DecodeHeader(std::span<const std::byte, kFrameHeaderBytes> b
 
 Status VerifyChecksum(std::span<const std::byte, kFrameHeaderBytes> header_bytes,
                       const FrameHeader& header, std::span<const std::byte> body) {
-  if (FrameChecksum(header_bytes.first(16), body) != header.checksum) {
+  if (FrameChecksum(header_bytes.first(16), {body}) != header.checksum) {
     return Status::Corruption(std::string(FrameTypeName(header.type)) + " frame " +
                               std::to_string(header.sequence) + ": checksum mismatch");
   }

@@ -1,11 +1,11 @@
 #include "tracker/cycle_control.h"
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <sstream>
 
+#include "core/file_system.h"
 #include "tracker/journal_format.h"
 
 namespace blkrep::tracker {
@@ -62,19 +62,6 @@ std::vector<std::string> Words(const std::string& line) {
   return words;
 }
 
-Status MakeDirs(const std::string& path) {
-  std::string partial;
-  for (std::size_t i = 0; i <= path.size(); ++i) {
-    if (i == path.size() || path[i] == '/') {
-      if (!partial.empty() && ::mkdir(partial.c_str(), 0700) != 0 && errno != EEXIST) {
-        return core::ErrnoStatus(errno, "create directory " + partial);
-      }
-    }
-    if (i < path.size()) partial += path[i];
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
 std::string CycleControl::Handle(const std::string& request) {
@@ -129,7 +116,7 @@ Result<std::string> CycleControl::Freeze(const std::string& job, const std::stri
     }
   }
   std::string dir = state_dir_ + "/cow/" + guest_ + "/" + job;
-  BLKREP_RETURN_IF_ERROR(MakeDirs(dir));
+  BLKREP_RETURN_IF_ERROR(core::PosixFileSystemInstance().CreateDirectories(dir));
 
   for (ControlledVolume& v : volumes_) v.gate->Pause();
   // From here on no write is in flight and none starts: this is the instant.
