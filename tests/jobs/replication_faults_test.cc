@@ -59,6 +59,19 @@ std::vector<std::string> Lines(const std::string& text) {
   return out;
 }
 
+// A local target whose stream is cut (by cut_stream.py, streaming) after
+// the number of bytes `cut_file` holds, or not cut when it holds "all". The
+// receiver makes its staging durable every 64 KiB, so cuts leave something
+// to resume.
+bool AddCuttableTarget(Rig& rig, const std::string& name, const std::string& python, const std::string& cut_file) {
+  std::string receive = rig.ReceiveCommand() + " --sync-interval 64K";
+  return rig.AddTarget(
+      name, {"--exec", "n=$(cat " + ShellQuote(cut_file) + "); if [ \"$n\" = all ]; then exec " + receive +
+                           "; else " + ShellQuote(python) + " " +
+                           ShellQuote(std::string(BLKREP_JOBS_TEST_SCRIPTS) + "/cut_stream.py") + " \"$n\" | " +
+                           receive + "; fi"});
+}
+
 TEST(ReplicationFaultsTest, ACutAnywhereKeepsThePreviousCycleAndTheNextRunResumes) {
   BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
   Rig rig;
@@ -69,12 +82,7 @@ TEST(ReplicationFaultsTest, ACutAnywhereKeepsThePreviousCycleAndTheNextRunResume
   BLKREP_REQUIRE_PROGRAM(python, "python3");
   std::string cut_file = rig.dir().File("cut");
   std::ofstream(cut_file) << "all";
-  std::string receive = rig.ReceiveCommand() + " --sync-interval 64K";
-  ASSERT_TRUE(rig.AddTarget(
-      "local", {"--exec", "n=$(cat " + ShellQuote(cut_file) + "); if [ \"$n\" = all ]; then exec " + receive +
-                              "; else " + ShellQuote(python) + " " +
-                              ShellQuote(std::string(BLKREP_JOBS_TEST_SCRIPTS) + "/cut_stream.py") + " \"$n\" | " +
-                              receive + "; fi"}));
+  ASSERT_TRUE(AddCuttableTarget(rig, "local", python, cut_file));
   ASSERT_TRUE(rig.CreateJob("vm100-1", "local"));
   ASSERT_TRUE(rig.QemuIo(qemu_io, "disk0", {"write -P 0x10 0 2M"}));
   ASSERT_FALSE(rig.Run("vm100-1").is_null());
@@ -128,12 +136,7 @@ TEST(ReplicationFaultsTest, ACutFirstFullCycleResumesInPlace) {
   ASSERT_TRUE(rig.QemuIo(qemu_io, "disk0", {"write -P 0x51 0 8M"}));
   std::string cut_file = rig.dir().File("cut");
   std::ofstream(cut_file) << 3 * kMiB;
-  std::string receive = rig.ReceiveCommand() + " --sync-interval 64K";
-  ASSERT_TRUE(rig.AddTarget(
-      "local", {"--exec", "n=$(cat " + ShellQuote(cut_file) + "); if [ \"$n\" = all ]; then exec " + receive +
-                              "; else " + ShellQuote(python) + " " +
-                              ShellQuote(std::string(BLKREP_JOBS_TEST_SCRIPTS) + "/cut_stream.py") + " \"$n\" | " +
-                              receive + "; fi"}));
+  ASSERT_TRUE(AddCuttableTarget(rig, "local", python, cut_file));
   ASSERT_TRUE(rig.CreateJob("vm100-1", "local"));
   RunResult cut = rig.Blkrep({"run", "--id", "vm100-1", "--zstd-level", "0", "--batch-size", "256K"});
   EXPECT_EQ(cut.exit_status, 1) << Describe(cut);

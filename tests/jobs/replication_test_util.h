@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "proto/transport.h"
 #include "tests/tracker/nbd_test_util.h"
 
 namespace blkrep::jobs::test {
@@ -16,15 +17,7 @@ using namespace blkrep::tracker::nbd_test;  // NOLINT: the shared process and NB
 
 inline constexpr std::uint64_t kMiB = 1 << 20;
 
-// Single-quotes `s` for sh -c.
-inline std::string ShellQuote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) {
-    if (c == '\'') out += "'\\''";
-    else out += c;
-  }
-  return out + "'";
-}
+using proto::ShellQuote;  // quoting for sh -c, as the --exec transport does
 
 class Rig {
  public:

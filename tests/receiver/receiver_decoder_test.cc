@@ -30,6 +30,7 @@
 #include "receiver/replica_layout.h"
 #include "receiver/staging.h"
 #include "tests/core/temp_dir.h"
+#include "tests/receiver/worked_example.h"
 
 namespace blkrep::receiver {
 namespace {
@@ -41,11 +42,7 @@ using core::test_support::TempDir;
 using core::test_support::WriteFile;
 using proto::FrameType;
 
-constexpr std::uint32_t kBlockBytes = 4096;
-constexpr std::uint64_t kVolumeBytes = 1 << 20;  // 256 blocks
-const char* const kGuest = "vm100";
-const char* const kJob = "vm100-0";
-const char* const kVolume = "disk0";
+using namespace test_support;  // NOLINT: the worked example's constants and frames
 
 // Offsets in the example's state file (docs/replica-format.md, "Worked
 // example": job "vm100-0", one volume "disk0").
@@ -57,32 +54,6 @@ constexpr std::size_t kMagic = 0x00, kVersion = 0x04, kJobLength = 0x08, kJob = 
                       kStagingBlockSize = 0x60, kInCycle = 0x64, kCycleEpoch = 0x65, kCycleBlockCount = 0x6d,
                       kDataBlocks = 0x75, kZeroBlocks = 0x7d, kKeptBlocks = 0x85, kChecksum = 0x8d;
 }  // namespace off
-
-// A shipper's side of a session written in advance; what the receiver
-// writes is kept in output().
-class ScriptStream final : public proto::Stream {
- public:
-  Status ReadFull(std::span<std::byte> out) override {
-    if (read_ == input_.size()) return Status::EndOfData("end of script");
-    if (out.size() > input_.size() - read_) return Status::Aborted("script cut off");
-    std::copy_n(input_.begin() + static_cast<std::ptrdiff_t>(read_), out.size(), out.begin());
-    read_ += out.size();
-    return Status::Ok();
-  }
-  Status WriteAll(std::span<const std::byte> data) override {
-    std::vector<std::byte>& to = writing_script_ ? input_ : output_;
-    to.insert(to.end(), data.begin(), data.end());
-    return Status::Ok();
-  }
-  // While true, writes (the test's FrameWriter) append to the script.
-  void set_writing_script(bool on) { writing_script_ = on; }
-  const std::vector<std::byte>& output() const { return output_; }
-
- private:
-  std::vector<std::byte> input_, output_;
-  std::size_t read_ = 0;
-  bool writing_script_ = true;
-};
 
 // Reads the frames a receiver wrote.
 class BytesStream final : public proto::Stream {
@@ -126,93 +97,16 @@ void LimitAddressSpace(std::uint64_t headroom_bytes) {
   ::setrlimit(RLIMIT_AS, &limit);
 }
 
-class ReceiverDecoderTest : public ::testing::Test {
+class ReceiverDecoderTest : public ::testing::Test, public ExampleFrames {
  protected:
   void SetUp() override {
     ASSERT_FALSE(dir_.path().empty());
     options_.replica_dir = dir_.path() + "/replicas";
-    {  // A full cycle brings disk0 to epoch 1 (all zeroes).
-      ScriptStream s;
-      proto::FrameWriter w(s);
-      ASSERT_TRUE(w.Send(FrameType::kHello, Hello()).ok());
-      ASSERT_TRUE(w.Send(FrameType::kCycleBegin, Begin(1, proto::CYCLE_MODE_FULL, 1, 0, 256)).ok());
-      ASSERT_TRUE(w.Send(FrameType::kZeroes, Zeroes(0, 256)).ok());
-      ASSERT_TRUE(w.Send(FrameType::kCycleEnd, End(1, 0, 256)).ok());
-      s.set_writing_script(false);
-      Status st = ServeSession(s, options_, nullptr);
-      ASSERT_TRUE(st.ok()) << st.ToString();
-    }
-    {  // An incremental cycle of 12 blocks stops at "apply pending".
-      ScriptStream s;
-      proto::FrameWriter w(s);
-      ASSERT_TRUE(w.Send(FrameType::kHello, Hello()).ok());
-      ASSERT_TRUE(w.Send(FrameType::kCycleBegin, Begin(2, proto::CYCLE_MODE_INCREMENTAL, 2, 1, 12)).ok());
-      std::vector<std::byte> payload(kBlockBytes, std::byte('a'));
-      payload.resize(2 * kBlockBytes, std::byte('b'));
-      proto::Blocks blocks;
-      blocks.set_volume(0);
-      blocks.set_first_block(2);
-      blocks.set_block_count(2);
-      blocks.set_raw_length(2 * kBlockBytes);
-      blocks.set_payload(std::string(reinterpret_cast<const char*>(payload.data()), payload.size()));
-      blocks.add_hashes(core::Xxh3_64(std::span(payload).first(kBlockBytes)));
-      blocks.add_hashes(core::Xxh3_64(std::span(payload).subspan(kBlockBytes)));
-      ASSERT_TRUE(w.Send(FrameType::kBlocks, blocks).ok());
-      ASSERT_TRUE(w.Send(FrameType::kZeroes, Zeroes(10, 10)).ok());
-      ASSERT_TRUE(w.Send(FrameType::kCycleEnd, End(2, 2, 10)).ok());
-      s.set_writing_script(false);
-      ReceiverOptions crash = options_;
-      crash.crash_hook = [](std::string_view at) {
-        return at == "apply-pending" ? Status::Aborted("stopped") : Status::Ok();
-      };
-      ASSERT_EQ(ServeSession(s, crash, nullptr).code(), Code::kAborted);
-    }
+    RunWorkedExample(options_);  // worked_example.h
     state_ = ReadFile(StatePath());
     ASSERT_EQ(state_.size(), 149u);
     index_ = ReadFile(GuestDir() + "/.staging/disk0.index");
     ASSERT_EQ(index_.size(), 144u);
-  }
-
-  static proto::Hello Hello() {
-    proto::Hello m;
-    m.set_protocol_version(1);
-    m.set_min_protocol_version(1);
-    m.set_feature_flags(proto::kFeatureResume);
-    m.set_guest(kGuest);
-    m.set_job(kJob);
-    proto::VolumeInfo* v = m.add_volumes();
-    v->set_name(kVolume);
-    v->set_size_bytes(kVolumeBytes);
-    v->set_block_size_bytes(kBlockBytes);
-    return m;
-  }
-  static proto::CycleBegin Begin(std::uint64_t cycle_id, proto::CycleMode mode, std::uint64_t epoch,
-                                 std::uint64_t base_epoch, std::uint64_t block_count) {
-    proto::CycleBegin m;
-    m.set_cycle_id(cycle_id);
-    m.set_mode(mode);
-    proto::VolumeCycle* v = m.add_volumes();
-    v->set_volume(0);
-    v->set_epoch(epoch);
-    v->set_base_epoch(base_epoch);
-    v->set_block_count(block_count);
-    return m;
-  }
-  static proto::Zeroes Zeroes(std::uint64_t first, std::uint64_t count) {
-    proto::Zeroes m;
-    m.set_volume(0);
-    m.set_first_block(first);
-    m.set_block_count(count);
-    return m;
-  }
-  static proto::CycleEnd End(std::uint64_t cycle_id, std::uint64_t data, std::uint64_t zero) {
-    proto::CycleEnd m;
-    m.set_cycle_id(cycle_id);
-    proto::VolumeCount* c = m.add_volumes();
-    c->set_volume(0);
-    c->set_data_blocks(data);
-    c->set_zero_blocks(zero);
-    return m;
   }
 
   std::string GuestDir() const { return options_.replica_dir + "/" + kGuest; }

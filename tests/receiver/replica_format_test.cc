@@ -23,6 +23,7 @@
 #include "receiver/replica_layout.h"
 #include "receiver/staging.h"
 #include "tests/core/temp_dir.h"
+#include "tests/receiver/worked_example.h"
 
 namespace blkrep::receiver {
 namespace {
@@ -32,36 +33,8 @@ using core::test_support::ReadFile;
 using core::test_support::TempDir;
 using proto::FrameType;
 
-constexpr std::uint32_t kBlockBytes = 4096;
-constexpr std::uint64_t kVolumeBytes = 1 << 20;  // 256 blocks
-const char* const kGuest = "vm100";
-const char* const kJob = "vm100-0";
-const char* const kVolume = "disk0";
+using namespace test_support;  // NOLINT: the worked example's constants and frames
 
-// A shipper's side of a session written in advance: the receiver reads these
-// frames (its replies do not change what a shipper would send here) and its
-// own frames are collected and ignored.
-class ScriptStream final : public proto::Stream {
- public:
-  Status ReadFull(std::span<std::byte> out) override {
-    if (read_ == input_.size()) return Status::EndOfData("end of script");
-    if (out.size() > input_.size() - read_) return Status::Aborted("script cut off");
-    std::copy_n(input_.begin() + static_cast<std::ptrdiff_t>(read_), out.size(), out.begin());
-    read_ += out.size();
-    return Status::Ok();
-  }
-  Status WriteAll(std::span<const std::byte> data) override {
-    if (writing_script_) input_.insert(input_.end(), data.begin(), data.end());
-    return Status::Ok();
-  }
-  // While true, writes (the FrameWriter's) append to the script instead.
-  void set_writing_script(bool on) { writing_script_ = on; }
-
- private:
-  std::vector<std::byte> input_;
-  std::size_t read_ = 0;
-  bool writing_script_ = true;
-};
 
 std::vector<std::byte> Filled(std::size_t n, char c) { return std::vector<std::byte>(n, std::byte(c)); }
 
@@ -119,94 +92,11 @@ const char* const kStateDump =
     "00000080: 0000 0000 0000 0000 0000 0000 0093 514b  ..............QK\n"
     "00000090: d5e8 8f20 4b                             ... K\n";
 
-class ReplicaFormatExampleTest : public ::testing::Test {
+class ReplicaFormatExampleTest : public ::testing::Test, public ExampleFrames {
  protected:
   void SetUp() override {
     options_.replica_dir = dir_.path() + "/replicas";
-    // Session 1: a full cycle (cycle id 1) brings disk0 to epoch 1; the
-    // source is all zeroes, so one ZEROES frame covers it.
-    {
-      ScriptStream s;
-      proto::FrameWriter w(s);
-      ASSERT_TRUE(w.Send(FrameType::kHello, Hello()).ok());
-      ASSERT_TRUE(w.Send(FrameType::kCycleBegin, Begin(1, proto::CYCLE_MODE_FULL, 1, 0, 256)).ok());
-      ASSERT_TRUE(w.Send(FrameType::kZeroes, Zeroes(0, 256)).ok());
-      ASSERT_TRUE(w.Send(FrameType::kCycleEnd, End(1, 0, 256)).ok());
-      s.set_writing_script(false);
-      Status st = ServeSession(s, options_, nullptr);
-      ASSERT_TRUE(st.ok()) << st.ToString();
-    }
-    // Session 2: an incremental cycle (cycle id 2, epoch 2 on base 1) of 12
-    // blocks: 2 and 3 were written ("aaaa...", "bbbb..."), 10..19 discarded.
-    // The receiver stops right after the state file says "apply pending".
-    {
-      ScriptStream s;
-      proto::FrameWriter w(s);
-      ASSERT_TRUE(w.Send(FrameType::kHello, Hello()).ok());
-      ASSERT_TRUE(w.Send(FrameType::kCycleBegin, Begin(2, proto::CYCLE_MODE_INCREMENTAL, 2, 1, 12)).ok());
-      std::vector<std::byte> payload = Filled(kBlockBytes, 'a');
-      std::vector<std::byte> b = Filled(kBlockBytes, 'b');
-      payload.insert(payload.end(), b.begin(), b.end());
-      proto::Blocks blocks;
-      blocks.set_volume(0);
-      blocks.set_first_block(2);
-      blocks.set_block_count(2);
-      blocks.set_raw_length(2 * kBlockBytes);
-      blocks.set_payload(std::string(reinterpret_cast<const char*>(payload.data()), payload.size()));
-      blocks.add_hashes(core::Xxh3_64(Filled(kBlockBytes, 'a')));
-      blocks.add_hashes(core::Xxh3_64(Filled(kBlockBytes, 'b')));
-      ASSERT_TRUE(w.Send(FrameType::kBlocks, blocks).ok());
-      ASSERT_TRUE(w.Send(FrameType::kZeroes, Zeroes(10, 10)).ok());
-      ASSERT_TRUE(w.Send(FrameType::kCycleEnd, End(2, 2, 10)).ok());
-      s.set_writing_script(false);
-      ReceiverOptions crash = options_;
-      crash.crash_hook = [](std::string_view at) {
-        return at == "apply-pending" ? Status::Aborted("stopped for the example") : Status::Ok();
-      };
-      ASSERT_EQ(ServeSession(s, crash, nullptr).code(), core::Code::kAborted);
-    }
-  }
-
-  static proto::Hello Hello() {
-    proto::Hello m;
-    m.set_protocol_version(1);
-    m.set_min_protocol_version(1);
-    m.set_feature_flags(proto::kFeatureResume);
-    m.set_guest(kGuest);
-    m.set_job(kJob);
-    proto::VolumeInfo* v = m.add_volumes();
-    v->set_name(kVolume);
-    v->set_size_bytes(kVolumeBytes);
-    v->set_block_size_bytes(kBlockBytes);
-    return m;
-  }
-  static proto::CycleBegin Begin(std::uint64_t cycle_id, proto::CycleMode mode, std::uint64_t epoch,
-                                 std::uint64_t base_epoch, std::uint64_t block_count) {
-    proto::CycleBegin m;
-    m.set_cycle_id(cycle_id);
-    m.set_mode(mode);
-    proto::VolumeCycle* v = m.add_volumes();
-    v->set_volume(0);
-    v->set_epoch(epoch);
-    v->set_base_epoch(base_epoch);
-    v->set_block_count(block_count);
-    return m;
-  }
-  static proto::Zeroes Zeroes(std::uint64_t first, std::uint64_t count) {
-    proto::Zeroes m;
-    m.set_volume(0);
-    m.set_first_block(first);
-    m.set_block_count(count);
-    return m;
-  }
-  static proto::CycleEnd End(std::uint64_t cycle_id, std::uint64_t data, std::uint64_t zero) {
-    proto::CycleEnd m;
-    m.set_cycle_id(cycle_id);
-    proto::VolumeCount* c = m.add_volumes();
-    c->set_volume(0);
-    c->set_data_blocks(data);
-    c->set_zero_blocks(zero);
-    return m;
+    RunWorkedExample(options_);  // worked_example.h: the document's two sessions
   }
 
   std::string GuestDir() const { return options_.replica_dir + "/" + kGuest; }
