@@ -44,6 +44,8 @@ die() { echo "nbd_bench: $*" >&2; exit 1; }
 main() {
 script_dir=$(cd "$(dirname "$0")" && pwd)
 repo_dir=$(cd "$script_dir/.." && pwd)
+# shellcheck source=bench/bench_lib.sh
+. "$script_dir/bench_lib.sh"
 BLKREP=${BLKREP:-$repo_dir/build/bin/blkrep}
 QEMU_NBD=${QEMU_NBD:-qemu-nbd}
 FIO=${FIO:-fio}
@@ -114,17 +116,8 @@ PYTHON=/usr/bin/python3
 work=$(mktemp -d "$parent_dir/nbd-bench.XXXXXX")
 server_pid=
 stop_server() {
-  if [ -n "$server_pid" ]; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    # blkrep flushes the volume and seals its journal on SIGTERM: give it time.
-    for _ in $(seq 1 300); do
-      kill -0 "$server_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=
-  fi
+  stop_gracefully "$server_pid"
+  server_pid=
 }
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {

@@ -56,6 +56,8 @@ die() { echo "replication_bench: $*" >&2; exit 1; }
 main() {
 script_dir=$(cd "$(dirname "$0")" && pwd)
 repo_dir=$(cd "$script_dir/.." && pwd)
+# shellcheck source=bench/bench_lib.sh
+. "$script_dir/bench_lib.sh"
 BLKREP=${BLKREP:-$repo_dir/build/bin/blkrep}
 RSYNC=${RSYNC:-rsync}
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -135,17 +137,8 @@ about $(numfmt --to=iec "$need")"
 work=$(mktemp -d "$parent_dir/replication-bench.XXXXXX")
 tracker_pid=
 stop_tracker() {
-  if [ -n "$tracker_pid" ]; then
-    kill -TERM "$tracker_pid" 2>/dev/null || true
-    # blkrep flushes the volume and seals its journal on SIGTERM: give it time.
-    for _ in $(seq 1 300); do
-      kill -0 "$tracker_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$tracker_pid" 2>/dev/null || true
-    wait "$tracker_pid" 2>/dev/null || true
-    tracker_pid=
-  fi
+  stop_gracefully "$tracker_pid"
+  tracker_pid=
 }
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
