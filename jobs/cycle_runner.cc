@@ -318,19 +318,25 @@ Result<CycleResult> RunCycle(const CycleRequest& request) {
   return result;
 }
 
-std::optional<std::string> ResyncRequiredReason(const std::string& state_dir, const std::string& guest,
-                                                const std::string& job) {
+std::map<std::string, std::string> ResyncRequiredReasons(const std::string& state_dir, const std::string& guest,
+                                                         const std::vector<std::string>& jobs) {
+  std::map<std::string, std::string> reasons;
   Result<std::vector<SourceVolume>> volumes = DiscoverVolumes(state_dir, guest);
-  if (!volumes.ok()) return std::nullopt;
+  if (!volumes.ok()) return reasons;
   for (const SourceVolume& v : *volumes) {
-    const tracker::TargetReport* t = FindTarget(v.report, job);
-    if (t && t->resync_required) return v.name + ": " + t->resync_reason;
-    // A journal that lost the target (corrupt, recreated) knows nothing of it.
-    if (!t && v.report.resync_required) {
-      return v.name + ": " + (v.report.resync_reason.empty() ? "the journal requires a resync" : v.report.resync_reason);
+    for (const std::string& job : jobs) {
+      if (reasons.count(job)) continue;  // the first volume that says so
+      const tracker::TargetReport* t = FindTarget(v.report, job);
+      if (t && t->resync_required) {
+        reasons[job] = v.name + ": " + t->resync_reason;
+      } else if (!t && v.report.resync_required) {
+        // A journal that lost the target knows nothing of it.
+        reasons[job] = v.name + ": " +
+                       (v.report.resync_reason.empty() ? "the journal requires a resync" : v.report.resync_reason);
+      }
     }
   }
-  return std::nullopt;
+  return reasons;
 }
 
 }  // namespace blkrep::jobs

@@ -19,7 +19,7 @@
 
 #include <cstdint>
 #include <functional>
-#include <optional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -47,11 +47,12 @@ struct CycleResult {
 
 core::Result<CycleResult> RunCycle(const CycleRequest& request);
 
-// Why the next cycle of `job` must be a resync (the journal of a volume of
-// `guest` is corrupt, degraded or lost its target, or marked the target
-// resync-required), or nullopt if nothing says so. Reads the journal files
-// (safe while a tracker runs); a guest without journals has no reason.
-std::optional<std::string> ResyncRequiredReason(const std::string& state_dir, const std::string& guest,
-                                                const std::string& job);
+// Why the next cycle of a job must be a resync, for each job of `guest`
+// that has a reason: a journal of the guest marks the job's target
+// resync-required, or requires a resync and lost the target (corrupt,
+// recreated). `jobs` are the guest's job ids. Reads each journal file once
+// (safe while a tracker runs); a guest without journals has no reasons.
+std::map<std::string, std::string> ResyncRequiredReasons(const std::string& state_dir, const std::string& guest,
+                                                         const std::vector<std::string>& jobs);
 
 }  // namespace blkrep::jobs

@@ -419,13 +419,16 @@ int StatusCommand(const std::vector<std::string>& argv) {
   if (!all.ok()) return ReportError(all.status());
   // A job whose journal says its next cycle must be a resync shows it
   // (unless it is syncing, suspended or disabled), with the reason.
-  std::map<std::string, std::string> resync_reasons;
+  std::map<std::string, std::vector<std::string>> jobs_of_guest;
+  for (const auto& j : *all) {
+    if (j.state != "syncing" && j.state != "suspended" && j.enabled) jobs_of_guest[j.guest].push_back(j.id);
+  }
+  std::map<std::string, std::string> resync_reasons;  // job -> reason
+  for (const auto& [guest, ids] : jobs_of_guest) {
+    resync_reasons.merge(jobs::ResyncRequiredReasons(StateDir(*args), guest, ids));
+  }
   for (auto& j : *all) {
-    if (j.state == "syncing" || j.state == "suspended" || !j.enabled) continue;
-    if (auto reason = jobs::ResyncRequiredReason(StateDir(*args), j.guest, j.id)) {
-      j.state = "resync-required";
-      resync_reasons[j.id] = *reason;
-    }
+    if (resync_reasons.count(j.id)) j.state = "resync-required";
   }
   if (args->Flag("json")) {
     core::JsonWriter w(core::JsonStyle::kPretty);
