@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <map>
+#include <set>
 #include <sstream>
 
 #include "core/file_block_device.h"
@@ -152,72 +154,117 @@ Status AttachFrozen(const std::string& reply, std::vector<SourceVolume>& volumes
   return Status::Ok();
 }
 
-}  // namespace
+// The guest's volumes, and their journals opened here when no tracker
+// runs (sealed again on destruction).
+struct Source {
+  std::string control;
+  bool tracker_running = false;
+  std::vector<SourceVolume> volumes;
+  // Targets missing from a journal before this run added them (the journal
+  // lost them): volume name -> the journal's resync reason.
+  std::map<std::string, std::string> lost_target;
 
-Result<CycleResult> RunCycle(const CycleRequest& request) {
+  Source() = default;
+  Source(const Source&) = delete;
+  Source& operator=(const Source&) = delete;
+  ~Source() {
+    for (SourceVolume& v : volumes) {
+      if (!v.journal) continue;
+      Result<core::VolumeIdentity> id = IdentityOf(v.path);
+      if (id.ok()) (void)v.journal->Close(*id);
+    }
+  }
+
+  // Re-reads every journal's report.
+  Status Reload() {
+    for (SourceVolume& v : volumes) {
+      if (v.journal) {
+        v.report = v.journal->Report();
+      } else {
+        BLKREP_ASSIGN_OR_RETURN(v.report, tracker::Journal::Read(core::PosixFileSystemInstance(), v.journal_path));
+      }
+    }
+    return Status::Ok();
+  }
+
+  // Marks the job resync-required in every journal.
+  Status RequireResync(const std::string& job, const std::string& reason) {
+    if (tracker_running) {
+      Status s;
+      Ask(control, "require-resync " + job + " " + reason, &s);
+      return s;
+    }
+    for (SourceVolume& v : volumes) BLKREP_RETURN_IF_ERROR(v.journal->RequireResync(job, reason));
+    return Status::Ok();
+  }
+};
+
+// Finds the guest's volumes, asks a running tracker or opens the journals,
+// and (when `add_target`) makes the job a target of every journal.
+Status OpenSource(const CycleRequest& request, bool add_target, Source& source) {
   const std::string& job = request.job;
-  const std::string control = tracker::ControlSocketPath(request.state_dir, request.guest);
-  BLKREP_ASSIGN_OR_RETURN(std::vector<SourceVolume> volumes, DiscoverVolumes(request.state_dir, request.guest));
-  CycleResult result;
-  for (const auto& v : volumes) result.volumes.push_back(v.name);
-
+  source.control = tracker::ControlSocketPath(request.state_dir, request.guest);
+  BLKREP_ASSIGN_OR_RETURN(source.volumes, DiscoverVolumes(request.state_dir, request.guest));
+  for (const SourceVolume& v : source.volumes) {
+    if (!FindTarget(v.report, job) && v.report.resync_required) source.lost_target[v.name] = v.report.resync_reason;
+  }
   // A running tracker, or the journals opened here?
   Status asked;
-  Ask(control, "add-target " + job, &asked);
-  result.tracker_running = asked.code() != core::Code::kNotFound;
-  if (result.tracker_running && !asked.ok()) return asked;
-  if (!result.tracker_running) {
-    for (SourceVolume& v : volumes) {
+  Ask(source.control, add_target ? "add-target " + job : "ping", &asked);
+  source.tracker_running = asked.code() != core::Code::kNotFound;
+  if (source.tracker_running && !asked.ok() && add_target) return asked;
+  if (!source.tracker_running) {
+    for (SourceVolume& v : source.volumes) {
       BLKREP_ASSIGN_OR_RETURN(core::VolumeIdentity id, IdentityOf(v.path));
       tracker::VolumeDescriptor d{request.guest, v.name, v.path, id};
       auto journal = tracker::Journal::Open(core::PosixFileSystemInstance(), v.journal_path, d, {});
       if (!journal.ok()) {
         if (journal.status().code() == core::Code::kAborted) {
-          return Status::Aborted("journal " + v.journal_path + " is locked, but no tracker answers on " + control);
+          return Status::Aborted("journal " + v.journal_path + " is locked, but no tracker answers on " +
+                                 source.control);
         }
         return journal.status();
       }
       v.journal = std::move(journal).value();
-      if (!FindTarget(v.journal->Report(), job)) BLKREP_RETURN_IF_ERROR(v.journal->AddTarget(job));
+      if (add_target && !FindTarget(v.journal->Report(), job)) BLKREP_RETURN_IF_ERROR(v.journal->AddTarget(job));
     }
   }
-  // Seals the journals opened here on every path out.
-  struct Sealer {
-    std::vector<SourceVolume>& volumes;
-    ~Sealer() {
-      for (SourceVolume& v : volumes) {
-        if (!v.journal) continue;
-        Result<core::VolumeIdentity> id = IdentityOf(v.path);
-        if (id.ok()) (void)v.journal->Close(*id);
-      }
+  BLKREP_RETURN_IF_ERROR(source.Reload());
+  for (const SourceVolume& v : source.volumes) {
+    if (!FindTarget(v.report, job)) {
+      if (add_target) return Status::Internal("job " + job + " is not a target of " + v.journal_path);
+      return Status::NotFound("job " + job + " has no cycle on volume " + v.name + " (journal " + v.journal_path +
+                              ")");
     }
-  } sealer{volumes};
-  for (SourceVolume& v : volumes) {
-    if (v.journal) {
-      v.report = v.journal->Report();
-    } else {
-      BLKREP_ASSIGN_OR_RETURN(v.report, tracker::Journal::Read(core::PosixFileSystemInstance(), v.journal_path));
-    }
-    if (!FindTarget(v.report, job)) return Status::Internal("job " + job + " is not a target of " + v.journal_path);
   }
+  return Status::Ok();
+}
 
-  // The receiver.
-  BLKREP_ASSIGN_OR_RETURN(proto::TargetSpec spec, proto::ParseTargetArgs(request.target_args));
-  BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<proto::Connection> connection, proto::ConnectTarget(spec));
+// A connected session with the job's receiver.
+struct Link {
+  proto::TargetSpec spec;
+  std::unique_ptr<proto::Connection> connection;
   std::unique_ptr<proto::RateLimitedStream> limited;
-  proto::Stream* stream = connection.get();
-  if (request.rate_mbps > 0) {
-    limited = std::make_unique<proto::RateLimitedStream>(*connection, request.rate_mbps * 1e6);
-    stream = limited.get();
-  }
-  shipper::ShipperSession session(*stream);
-  auto with_target = [&](const Status& s) {
+  std::unique_ptr<shipper::ShipperSession> session;
+  shipper::ReceiverState receiver;
+
+  // `s` with what the transport knows (the receiver's exit, its address).
+  Status WithTarget(const Status& s) {
     Status finished = connection->Finish();
-    if (!finished.ok() && s.message().find("peer:") == std::string::npos) {
-      return s.WithContext(finished.message());
-    }
+    if (!finished.ok() && s.message().find("peer:") == std::string::npos) return s.WithContext(finished.message());
     return s.WithContext("target " + proto::DescribeTarget(spec));
-  };
+  }
+};
+
+Status Connect(const CycleRequest& request, const std::vector<SourceVolume>& volumes, Link& link) {
+  BLKREP_ASSIGN_OR_RETURN(link.spec, proto::ParseTargetArgs(request.target_args));
+  BLKREP_ASSIGN_OR_RETURN(link.connection, proto::ConnectTarget(link.spec));
+  proto::Stream* stream = link.connection.get();
+  if (request.rate_mbps > 0) {
+    link.limited = std::make_unique<proto::RateLimitedStream>(*link.connection, request.rate_mbps * 1e6);
+    stream = link.limited.get();
+  }
+  link.session = std::make_unique<shipper::ShipperSession>(*stream);
   std::vector<proto::VolumeInfo> infos;
   for (const SourceVolume& v : volumes) {
     proto::VolumeInfo info;
@@ -226,8 +273,32 @@ Result<CycleResult> RunCycle(const CycleRequest& request) {
     info.set_block_size_bytes(v.block_size_bytes);
     infos.push_back(info);
   }
-  Result<shipper::ReceiverState> receiver = session.Hello(request.guest, job, infos);
-  if (!receiver.ok()) return with_target(receiver.status());
+  Result<shipper::ReceiverState> receiver = link.session->Hello(request.guest, request.job, infos);
+  if (!receiver.ok()) return link.WithTarget(receiver.status());
+  link.receiver = std::move(*receiver);
+  return Status::Ok();
+}
+
+std::uint64_t NewCycleId() {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+
+}  // namespace
+
+Result<CycleResult> RunCycle(const CycleRequest& request) {
+  const std::string& job = request.job;
+  Source source;
+  BLKREP_RETURN_IF_ERROR(OpenSource(request, /*add_target=*/true, source));
+  std::vector<SourceVolume>& volumes = source.volumes;
+  CycleResult result;
+  result.tracker_running = source.tracker_running;
+  for (const auto& v : volumes) result.volumes.push_back(v.name);
+
+  Link link;
+  BLKREP_RETURN_IF_ERROR(Connect(request, volumes, link));
+  const shipper::ReceiverState& receiver = link.receiver;
 
   // The mode: what the journal says, unless the replica rules out an
   // incremental; and one mode for all volumes.
@@ -235,29 +306,50 @@ Result<CycleResult> RunCycle(const CycleRequest& request) {
   std::set<tracker::CycleMode> modes;
   for (std::size_t i = 0; i < volumes.size(); ++i) {
     const tracker::TargetReport& t = *FindTarget(volumes[i].report, job);
+    const proto::ReplicaState& r = receiver.volumes[i];
     tracker::CycleMode m = t.resync_required ? tracker::CycleMode::kResync
                            : t.needs_full   ? tracker::CycleMode::kFull
                                             : tracker::CycleMode::kIncremental;
+    if (m == tracker::CycleMode::kResync && resync_reason.empty()) resync_reason = volumes[i].name + ": " + t.resync_reason;
     if (m == tracker::CycleMode::kIncremental) {
-      std::string why = IncrementalBlocker(volumes[i], t, receiver->volumes[i]);
+      std::string why = IncrementalBlocker(volumes[i], t, r);
       if (!why.empty() && resync_reason.empty()) resync_reason = why;
+    }
+    if (m == tracker::CycleMode::kFull && r.exists() && !r.incomplete() && r.size_bytes() == volumes[i].size_bytes &&
+        resync_reason.empty()) {
+      // A replica the journal shares no cycle with: compare, do not copy.
+      auto lost = source.lost_target.find(volumes[i].name);
+      resync_reason = "no common committed cycle: the journal of " + volumes[i].name +
+                      (lost != source.lost_target.end() ? " lost the job (" + lost->second + ")"
+                                                        : " has no cycle of the job") +
+                      ", the replica is at cycle " + std::to_string(r.committed_epoch());
     }
     modes.insert(m);
   }
   if (resync_reason.empty() && modes.size() > 1) {
     resync_reason = "the volumes of " + request.guest + " need different cycle modes";
   }
+  result.resync_reason = resync_reason;
+  if (!resync_reason.empty() && !request.allow_resync) {
+    // Not now: say why on the source, so status shows it, and stop.
+    link.session->Close();
+    (void)link.connection->Finish();
+    BLKREP_RETURN_IF_ERROR(source.RequireResync(job, resync_reason));
+    result.mode = "resync";
+    result.resync_deferred = true;
+    return result;
+  }
 
   // Freeze: one instant for every volume.
-  if (result.tracker_running) {
+  if (source.tracker_running) {
     Status frozen;
-    std::string reply = Ask(control, "freeze " + job + (resync_reason.empty() ? "" : " resync " + resync_reason),
-                            &frozen);
-    if (!frozen.ok()) return with_target(frozen);
+    std::string reply =
+        Ask(source.control, "freeze " + job + (resync_reason.empty() ? "" : " resync " + resync_reason), &frozen);
+    if (!frozen.ok()) return link.WithTarget(frozen);
     Status parsed = AttachFrozen(reply, volumes);
     if (!parsed.ok()) {
       Status ignored;
-      Ask(control, "abort " + job, &ignored);  // the tracker must not keep the cycle frozen
+      Ask(source.control, "abort " + job, &ignored);  // the tracker must not keep the cycle frozen
       return parsed;
     }
   } else {
@@ -267,9 +359,9 @@ Result<CycleResult> RunCycle(const CycleRequest& request) {
     }
   }
   auto finish = [&](bool commit) -> Status {
-    if (result.tracker_running) {
+    if (source.tracker_running) {
       Status s;
-      Ask(control, std::string(commit ? "commit " : "abort ") + job, &s);
+      Ask(source.control, std::string(commit ? "commit " : "abort ") + job, &s);
       return s;
     }
     Status first;
@@ -294,28 +386,106 @@ Result<CycleResult> RunCycle(const CycleRequest& request) {
     s.size_bytes = v.size_bytes;
     s.block_size_bytes = v.block_size_bytes;
     s.epoch = v.frozen.epoch;
-    s.base_epoch = mode == proto::CYCLE_MODE_INCREMENTAL ? receiver->volumes[i].committed_epoch() : 0;
+    // A staged cycle applies on top of the replica's committed cycle.
+    s.base_epoch = mode != proto::CYCLE_MODE_FULL ? receiver.volumes[i].committed_epoch() : 0;
     s.blocks = std::move(v.frozen.blocks);
     s.cow = v.cow.get();
     sources.push_back(std::move(s));
   }
   result.mode = mode == proto::CYCLE_MODE_FULL ? "full" : mode == proto::CYCLE_MODE_RESYNC ? "resync" : "incremental";
-  std::uint64_t cycle_id = static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count());
-  Status shipped = session.ShipCycle(cycle_id, mode, sources, *receiver, request.ship, &result.stats);
+  if (request.on_started) {
+    std::vector<std::pair<std::string, std::uint64_t>> started;
+    for (const shipper::VolumeSource& s : sources) started.emplace_back(s.name, s.blocks.block_count());
+    request.on_started(result.mode, started);
+  }
+  Status shipped = link.session->ShipCycle(NewCycleId(), mode, sources, receiver, request.ship, &result.stats);
   result.blocks_sent = result.stats.data_blocks + result.stats.zero_blocks + result.stats.kept_blocks;
   if (!shipped.ok()) {
     (void)finish(false);
-    return with_target(shipped);
+    return link.WithTarget(shipped);
   }
-  session.Close();
-  Status finished = connection->Finish();
+  link.session->Close();
+  Status finished = link.connection->Finish();
   // The replica holds the cycle: make it clean on the source. Should this
   // fail, the next cycle ships a superset (the replica's epoch is accepted).
   BLKREP_RETURN_IF_ERROR(finish(true).WithContext("the replica committed the cycle, but the source could not"));
   if (!finished.ok()) return finished;
   return result;
+}
+
+Result<VerifyResult> RunVerify(const CycleRequest& request) {
+  const std::string& job = request.job;
+  Source source;
+  BLKREP_RETURN_IF_ERROR(OpenSource(request, /*add_target=*/false, source));
+  VerifyResult result;
+  result.tracker_running = source.tracker_running;
+  for (const SourceVolume& v : source.volumes) {
+    const tracker::TargetReport& t = *FindTarget(v.report, job);
+    if (t.last_cycle == 0) {
+      return Status::NotFound("job " + job + " has not committed a cycle of volume " + v.name + " yet: nothing to verify");
+    }
+    result.resync_required_before = result.resync_required_before || t.resync_required;
+  }
+  Link link;
+  BLKREP_RETURN_IF_ERROR(Connect(request, source.volumes, link));
+  std::vector<shipper::VolumeSource> sources;
+  for (const SourceVolume& v : source.volumes) {
+    shipper::VolumeSource s;
+    s.name = v.name;
+    s.path = v.path;
+    s.size_bytes = v.size_bytes;
+    s.block_size_bytes = v.block_size_bytes;
+    s.blocks = tracker::DirtyBitmap(v.report.dirty.block_count(), /*all_set=*/true);
+    sources.push_back(std::move(s));
+  }
+  if (request.on_started) {
+    std::vector<std::pair<std::string, std::uint64_t>> started;
+    for (const shipper::VolumeSource& s : sources) started.emplace_back(s.name, s.blocks.block_count());
+    request.on_started("verify", started);
+  }
+  Status compared =
+      link.session->ShipCycle(NewCycleId(), proto::CYCLE_MODE_VERIFY, sources, link.receiver, request.ship, &result.stats);
+  if (!compared.ok()) return link.WithTarget(compared);
+  link.session->Close();
+  BLKREP_RETURN_IF_ERROR(link.connection->Finish());
+  // What changed for the job up to now (read after the comparison, so it
+  // covers every write the comparison could have seen) may differ.
+  BLKREP_RETURN_IF_ERROR(source.Reload());
+  for (std::size_t i = 0; i < source.volumes.size(); ++i) {
+    const SourceVolume& v = source.volumes[i];
+    const tracker::TargetReport& t = *FindTarget(v.report, job);
+    VerifyVolume out;
+    out.name = v.name;
+    out.blocks = sources[i].blocks.block_count();
+    out.block_size_bytes = v.block_size_bytes;
+    tracker::DirtyBitmap differing = result.stats.mismatched[i];
+    tracker::DirtyBitmap changed = t.dirty;
+    if (changed.block_count() == differing.block_count()) {
+      out.changed_blocks = changed.Count();
+      for (const auto& [first, count] : changed.Runs()) differing.ClearRange(first, count);
+    }
+    out.differing = differing.Runs();
+    out.differing_blocks = differing.Count();
+    result.differing_blocks += out.differing_blocks;
+    result.volumes.push_back(std::move(out));
+  }
+  result.compared_blocks = result.stats.compared_blocks;
+  if (result.differing_blocks > 0) {
+    BLKREP_RETURN_IF_ERROR(source.RequireResync(
+        job, "verify found " + std::to_string(result.differing_blocks) + " blocks that differ from the replica"));
+  }
+  return result;
+}
+
+Status RequireResync(const std::string& state_dir, const std::string& guest, const std::string& job,
+                     const std::string& reason) {
+  CycleRequest request;
+  request.state_dir = state_dir;
+  request.guest = guest;
+  request.job = job;
+  Source source;
+  BLKREP_RETURN_IF_ERROR(OpenSource(request, /*add_target=*/true, source));
+  return source.RequireResync(job, reason);
 }
 
 std::map<std::string, std::string> ResyncRequiredReasons(const std::string& state_dir, const std::string& guest,

@@ -47,10 +47,16 @@ struct Job {
   std::string last_mode;                   // full, incremental, resync
   std::uint64_t last_bytes_sent = 0;
   std::uint64_t last_blocks_sent = 0;
+  // Resynchronization (Hyper-V's AutoResynchronizeEnabled and its
+  // interval): whether a run may resync the job by itself, and when.
+  bool auto_resync = true;
+  std::string resync_window;              // "HH:MM-HH:MM" local time, "" any time
+  std::optional<std::int64_t> resync_at;  // `resync --at`: the resync runs at or after this
 };
 
 // One entry of the event history (`blkrep events`): what happened to a
-// job, when. Kinds so far: cycle-completed, cycle-failed, state-changed.
+// job, when. Kinds: cycle-completed, cycle-failed, state-changed,
+// resync-started, resync-completed, verify-completed.
 struct Event {
   std::int64_t id = 0;
   std::int64_t time = 0;  // epoch seconds

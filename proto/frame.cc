@@ -31,6 +31,8 @@ const char* FrameTypeName(FrameType type) {
     case FrameType::kCycleEnd: return "CYCLE_END";
     case FrameType::kAck: return "ACK";
     case FrameType::kError: return "ERROR";
+    case FrameType::kReplicaHashes: return "REPLICA_HASHES";
+    case FrameType::kHashCredit: return "HASH_CREDIT";
   }
   return "UNKNOWN";
 }
@@ -40,6 +42,7 @@ std::uint32_t MaxBodyBytes(FrameType type) {
     case FrameType::kBlocks: return kMaxBlocksFrameBytes;
     case FrameType::kStagedHashes:
     case FrameType::kKeep: return kMaxHashFrameBytes;
+    case FrameType::kReplicaHashes: return kMaxReplicaHashesFrameBytes;
     default: return kMaxSmallFrameBytes;
   }
 }
@@ -471,8 +474,15 @@ Result<Message> DecodeFrame(const RawFrame& f, const SessionContext& s) {
     case FrameType::kCycleBegin: {
       BLKREP_ASSIGN_OR_RETURN(CycleBegin m, Parse<CycleBegin>(f, c));
       if (m.cycle_id() == 0) return c.Fail("cycle id 0");
-      if (m.mode() != CYCLE_MODE_FULL && m.mode() != CYCLE_MODE_INCREMENTAL && m.mode() != CYCLE_MODE_RESYNC) {
+      if (m.mode() != CYCLE_MODE_FULL && m.mode() != CYCLE_MODE_INCREMENTAL && m.mode() != CYCLE_MODE_RESYNC &&
+          m.mode() != CYCLE_MODE_VERIFY) {
         return c.Fail("unknown cycle mode " + std::to_string(m.mode()));
+      }
+      const bool compares = m.mode() == CYCLE_MODE_RESYNC || m.mode() == CYCLE_MODE_VERIFY;
+      if (compares ? m.hash_window_blocks() == 0 || m.hash_window_blocks() > kMaxHashWindowBlocks
+                   : m.hash_window_blocks() != 0) {
+        return c.Fail("hash window of " + std::to_string(m.hash_window_blocks()) + " blocks for a " +
+                      (compares ? "comparing cycle (1 to 1048576 allowed)" : "cycle that compares nothing"));
       }
       if (m.volumes_size() == 0 || static_cast<std::size_t>(m.volumes_size()) > s.volumes.size()) {
         return c.Fail(std::to_string(m.volumes_size()) + " volume entries");
@@ -482,8 +492,20 @@ Result<Message> DecodeFrame(const RawFrame& f, const SessionContext& s) {
         BLKREP_RETURN_IF_ERROR(c.Volume(v.volume()));
         if (seen[v.volume()]) return c.Fail("volume index " + std::to_string(v.volume()) + " twice");
         seen[v.volume()] = true;
-        if (v.epoch() == 0) return c.Fail("epoch 0 for volume " + s.volumes[v.volume()].name());
-        if (v.base_epoch() >= v.epoch()) return c.Fail("base epoch not before the cycle's epoch");
+        if (m.mode() == CYCLE_MODE_VERIFY) {
+          if (v.epoch() != 0 || v.base_epoch() != 0) return c.Fail("a verify cycle with an epoch");
+        } else {
+          if (v.epoch() == 0) return c.Fail("epoch 0 for volume " + s.volumes[v.volume()].name());
+          // A resync's base is whatever the replica holds, possibly from
+          // before the source's journal was recreated.
+          if (m.mode() != CYCLE_MODE_RESYNC && v.base_epoch() >= v.epoch()) {
+            return c.Fail("base epoch not before the cycle's epoch");
+          }
+        }
+        if (compares && v.block_count() != s.BlockCount(v.volume())) {
+          return c.Fail("a comparing cycle covers " + std::to_string(v.block_count()) + " of the " +
+                        std::to_string(s.BlockCount(v.volume())) + " blocks of volume " + s.volumes[v.volume()].name());
+        }
         if (v.block_count() > s.BlockCount(v.volume())) {
           return c.Fail("block count " + std::to_string(v.block_count()) + " exceeds volume " +
                         s.volumes[v.volume()].name());
@@ -509,7 +531,8 @@ Result<Message> DecodeFrame(const RawFrame& f, const SessionContext& s) {
       for (const VolumeCount& v : m.volumes()) {
         BLKREP_RETURN_IF_ERROR(c.Volume(v.volume()));
         std::uint64_t blocks = s.BlockCount(v.volume());
-        if (v.data_blocks() > blocks || v.zero_blocks() > blocks || v.kept_blocks() > blocks) {
+        if (v.data_blocks() > blocks || v.zero_blocks() > blocks || v.kept_blocks() > blocks ||
+            v.matched_blocks() > blocks) {
           return c.Fail("counts exceed volume " + s.volumes[v.volume()].name());
         }
       }
@@ -519,6 +542,28 @@ Result<Message> DecodeFrame(const RawFrame& f, const SessionContext& s) {
       BLKREP_ASSIGN_OR_RETURN(Ack m, Parse<Ack>(f, c));
       if (static_cast<std::size_t>(m.committed_epochs_size()) != s.volumes.size()) {
         return c.Fail("committed epochs for " + std::to_string(m.committed_epochs_size()) + " volumes");
+      }
+      return Message{std::move(m)};
+    }
+    case FrameType::kReplicaHashes: {
+      BLKREP_ASSIGN_OR_RETURN(ReplicaHashes m, Parse<ReplicaHashes>(f, c));
+      if (m.hashes().size() % kReplicaHashBytes != 0) {
+        return c.Fail(std::to_string(m.hashes().size()) + " hash bytes, not a multiple of 16");
+      }
+      const std::uint64_t count = m.hashes().size() / kReplicaHashBytes;
+      if (count == 0 || count > kMaxReplicaHashesPerFrame) {
+        return c.Fail(std::to_string(count) + " hashes (1 to 16384 allowed)");
+      }
+      BLKREP_RETURN_IF_ERROR(c.Range(m.volume(), m.first_block(), count));
+      return Message{std::move(m)};
+    }
+    case FrameType::kHashCredit: {
+      BLKREP_ASSIGN_OR_RETURN(HashCredit m, Parse<HashCredit>(f, c));
+      std::uint64_t total = 0;
+      for (std::uint32_t i = 0; i < s.volumes.size(); ++i) total += s.BlockCount(i);
+      if (m.consumed_blocks() > total) {
+        return c.Fail("consumed " + std::to_string(m.consumed_blocks()) + " hashes, the volumes have " +
+                      std::to_string(total) + " blocks");
       }
       return Message{std::move(m)};
     }

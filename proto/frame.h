@@ -33,7 +33,10 @@ inline constexpr std::size_t kFrameHeaderBytes = 24;
 // Feature flags (Hello.feature_flags).
 inline constexpr std::uint64_t kFeatureZstd = 1ULL << 0;
 inline constexpr std::uint64_t kFeatureResume = 1ULL << 1;
-inline constexpr std::uint64_t kKnownFeatures = kFeatureZstd | kFeatureResume;
+// Checksum resync and verify (CYCLE_MODE_RESYNC compares hashes,
+// CYCLE_MODE_VERIFY, REPLICA_HASHES, HASH_CREDIT).
+inline constexpr std::uint64_t kFeatureChecksumResync = 1ULL << 2;
+inline constexpr std::uint64_t kKnownFeatures = kFeatureZstd | kFeatureResume | kFeatureChecksumResync;
 
 // Caps (docs/wire-protocol.md, "Caps").
 inline constexpr std::uint32_t kMinBlockSizeBytes = 4096;
@@ -47,6 +50,12 @@ inline constexpr std::uint64_t kMaxVolumeSizeBytes = 1ULL << 60;
 // Blocks per volume: both sides keep a bitmap of them, so this bounds that
 // memory (512 MiB) — 256 TiB at 64 KiB blocks, 16 TiB at 4 KiB.
 inline constexpr std::uint64_t kMaxVolumeBlocks = 1ULL << 32;
+// REPLICA_HASHES: blocks per frame, bytes per hash (xxh3-128), and the
+// receiver's window of unconsumed hashes (bounds the shipper's memory).
+inline constexpr std::uint32_t kMaxReplicaHashesPerFrame = 16384;
+inline constexpr std::uint32_t kReplicaHashBytes = 16;
+inline constexpr std::uint32_t kMaxHashWindowBlocks = 1U << 20;
+inline constexpr std::uint32_t kMaxReplicaHashesFrameBytes = kMaxReplicaHashesPerFrame * kReplicaHashBytes + 64;
 inline constexpr std::uint32_t kMaxSmallFrameBytes = 64U << 10;   // every other frame
 inline constexpr std::uint32_t kMaxHashFrameBytes = kMaxHashesPerFrame * 9 + 64;
 inline constexpr std::uint32_t kMaxBlocksFrameBytes =
@@ -64,8 +73,10 @@ enum class FrameType : std::uint8_t {
   kCycleEnd = 9,
   kAck = 10,
   kError = 11,
+  kReplicaHashes = 12,
+  kHashCredit = 13,
 };
-inline constexpr std::uint8_t kMaxFrameType = 11;
+inline constexpr std::uint8_t kMaxFrameType = 13;
 const char* FrameTypeName(FrameType type);
 // The largest body a frame of `type` may have.
 std::uint32_t MaxBodyBytes(FrameType type);
@@ -184,7 +195,7 @@ struct SessionContext {
 };
 
 using Message = std::variant<Hello, HelloReply, StagedHashes, StagedEnd, CycleBegin, Blocks,
-                             Zeroes, Keep, CycleEnd, Ack, Error>;
+                             Zeroes, Keep, CycleEnd, Ack, Error, ReplicaHashes, HashCredit>;
 
 // The one gate for untrusted frames: parses `frame`'s body and checks every
 // field against `session`. kCorruption names the frame type and the field.

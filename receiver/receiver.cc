@@ -16,6 +16,7 @@
 #include "core/hash.h"
 #include "receiver/async_writer.h"
 #include "receiver/guest_state.h"
+#include "receiver/replica_hasher.h"
 #include "receiver/replica_layout.h"
 #include "receiver/staging.h"
 
@@ -48,6 +49,7 @@ const char* ModeName(int mode) {
     case proto::CYCLE_MODE_FULL: return "full";
     case proto::CYCLE_MODE_INCREMENTAL: return "incremental";
     case proto::CYCLE_MODE_RESYNC: return "resync";
+    case proto::CYCLE_MODE_VERIFY: return "verify";
     default: return "unknown";
   }
 }
@@ -136,6 +138,10 @@ class Session {
   Status LoadStaging(VolumeSession& v, const VolumeState& state);
   Status SendReplicaState();
   Status BeginCycle(const proto::CycleBegin& begin);
+  // A verify cycle: checks the replicas and starts hashing; no state changes.
+  Status BeginVerify(const proto::CycleBegin& begin);
+  void StartHasher(const proto::CycleBegin& begin);
+  Status OnHashCredit(const proto::HashCredit& m);
   Status PrepareInPlaceReplica(VolumeSession& v);
   Status ReceiveCycle();
   Status OnBlocks(const proto::Blocks& m);
@@ -181,6 +187,11 @@ class Session {
   std::uint64_t cycle_id_ = 0;
   int mode_ = 0;
   bool in_place_ = false;
+  // Resync and verify: the replicas are hashed and compared (`hasher_`
+  // sends the hashes); a verify changes nothing.
+  bool compares_ = false;
+  bool verify_ = false;
+  std::unique_ptr<ReplicaHasher> hasher_;
   std::uint32_t attempt_ = 0;
   std::uint64_t batch_bytes_ = 0;
   std::unique_ptr<ZSTD_DCtx, DctxDeleter> dctx_;
@@ -226,8 +237,16 @@ Status Session::Run() {
     if (next.status().code() == core::Code::kEndOfData) return Status::Ok();
     return next.status();
   }
-  BLKREP_RETURN_IF_ERROR(BeginCycle(std::get<proto::CycleBegin>(*next)));
-  BLKREP_RETURN_IF_ERROR(ReceiveCycle());
+  Status s = BeginCycle(std::get<proto::CycleBegin>(*next));
+  if (s.ok()) s = ReceiveCycle();
+  if (hasher_ != nullptr) {
+    // A cycle that failed: the hasher's own failure is the better reason.
+    hasher_->Stop();
+    Status hashed = hasher_->Finish();
+    if (!hashed.ok() && hashed.code() != core::Code::kAborted) s = hashed;
+    hasher_.reset();
+  }
+  BLKREP_RETURN_IF_ERROR(s);
   return Commit();
 }
 
@@ -360,12 +379,28 @@ Status Session::SendReplicaState() {
 Status Session::BeginCycle(const proto::CycleBegin& begin) {
   cycle_id_ = begin.cycle_id();
   mode_ = begin.mode();
-  in_place_ = mode_ != proto::CYCLE_MODE_INCREMENTAL;
+  compares_ = mode_ == proto::CYCLE_MODE_RESYNC || mode_ == proto::CYCLE_MODE_VERIFY;
+  verify_ = mode_ == proto::CYCLE_MODE_VERIFY;
   if (report_ != nullptr) {
     report_->cycle_id = cycle_id_;
     report_->mode = ModeName(mode_);
   }
   const std::string what = "CYCLE_BEGIN frame: ";
+  if (compares_ && (features_ & proto::kFeatureChecksumResync) == 0) {
+    return Status::Corruption(what + "a " + std::string(ModeName(mode_)) +
+                              " cycle, but hash comparison was not negotiated");
+  }
+  // A resync writes in place where a replica holds no complete cycle worth
+  // keeping (missing, incomplete, of another size); else it is staged and
+  // committed atomically like an incremental cycle.
+  in_place_ = mode_ == proto::CYCLE_MODE_FULL;
+  if (mode_ == proto::CYCLE_MODE_RESYNC) {
+    for (const proto::VolumeCycle& vc : begin.volumes()) {
+      const VolumeSession& v = volumes_[vc.volume()];
+      if (!v.probe.exists || v.reported_incomplete || !ReplicaFits(v.probe, v.info->size_bytes())) in_place_ = true;
+    }
+  }
+  if (verify_) return BeginVerify(begin);
   for (const proto::VolumeCycle& vc : begin.volumes()) {
     VolumeSession& v = volumes_[vc.volume()];
     const std::string& name = v.info->name();
@@ -390,7 +425,8 @@ Status Session::BeginCycle(const proto::CycleBegin& begin) {
         return Status::Corruption(what + "replica of " + name + " has " + std::to_string(v.probe.size_bytes) +
                                   " bytes, the volume " + std::to_string(v.info->size_bytes()));
       }
-      if (v.reported_committed_epoch == 0 || vc.base_epoch() != v.reported_committed_epoch) {
+      if ((v.reported_committed_epoch == 0 && mode_ == proto::CYCLE_MODE_INCREMENTAL) ||
+          vc.base_epoch() != v.reported_committed_epoch) {
         return Status::Corruption(what + "replica of " + name + " is at epoch " +
                                   std::to_string(v.reported_committed_epoch) + ", not " +
                                   std::to_string(vc.base_epoch()));
@@ -475,7 +511,37 @@ Status Session::BeginCycle(const proto::CycleBegin& begin) {
     }
   }
   if ((features_ & proto::kFeatureZstd) != 0) dctx_.reset(ZSTD_createDCtx());
+  if (compares_) StartHasher(begin);
   return Status::Ok();
+}
+
+Status Session::BeginVerify(const proto::CycleBegin& begin) {
+  for (const proto::VolumeCycle& vc : begin.volumes()) {
+    VolumeSession& v = volumes_[vc.volume()];
+    const std::string& name = v.info->name();
+    if (!v.probe.exists) return Status::NotFound("there is no replica of volume " + name + " to verify");
+    if (v.reported_incomplete) {
+      return Status::Corruption("replica of " + name + " is incomplete (a full or resync cycle did not finish)");
+    }
+    if (!ReplicaFits(v.probe, v.info->size_bytes())) {
+      return Status::OutOfRange("replica " + v.replica_path + " of volume " + name + " has " +
+                                std::to_string(v.probe.size_bytes) + " bytes, the volume " +
+                                std::to_string(v.info->size_bytes()));
+    }
+    v.in_cycle = true;
+    v.block_count = vc.block_count();
+  }
+  StartHasher(begin);
+  return Status::Ok();
+}
+
+void Session::StartHasher(const proto::CycleBegin& begin) {
+  std::vector<ReplicaHasher::Volume> hashed;
+  for (const VolumeSession& v : volumes_) {
+    if (v.in_cycle) hashed.push_back({v.index, v.replica_path, v.info->size_bytes(), v.info->block_size_bytes()});
+  }
+  hasher_ = std::make_unique<ReplicaHasher>(writer_, std::move(hashed), begin.hash_window_blocks());
+  hasher_->Start();
 }
 
 // Creates or resizes the replica file of a full/resync cycle (a block device
@@ -494,14 +560,22 @@ Status Session::PrepareInPlaceReplica(VolumeSession& v) {
 
 Status Session::ReceiveCycle() {
   for (;;) {
-    Result<proto::Message> m = proto::ReadMessage(
-        reader_, context_, {FrameType::kBlocks, FrameType::kZeroes, FrameType::kKeep, FrameType::kCycleEnd});
+    Result<proto::Message> m =
+        verify_     ? proto::ReadMessage(reader_, context_, {FrameType::kHashCredit, FrameType::kCycleEnd})
+        : compares_ ? proto::ReadMessage(reader_, context_,
+                                         {FrameType::kBlocks, FrameType::kZeroes, FrameType::kKeep,
+                                          FrameType::kHashCredit, FrameType::kCycleEnd})
+                    : proto::ReadMessage(reader_, context_,
+                                         {FrameType::kBlocks, FrameType::kZeroes, FrameType::kKeep,
+                                          FrameType::kCycleEnd});
     Status s;
     if (!m.ok()) {
       s = m.status();
       if (s.code() == core::Code::kEndOfData) {
         s = Status::Aborted("the stream ended inside cycle " + std::to_string(cycle_id_) + " before CYCLE_END");
       }
+    } else if (const auto* credit = std::get_if<proto::HashCredit>(&*m)) {
+      s = OnHashCredit(*credit);
     } else if (const auto* blocks = std::get_if<proto::Blocks>(&*m)) {
       s = OnBlocks(*blocks);
     } else if (const auto* zeroes = std::get_if<proto::Zeroes>(&*m)) {
@@ -514,10 +588,20 @@ Status Session::ReceiveCycle() {
     if (s.ok() && batch_bytes_ >= options_.durability_batch_bytes) s = FlushBatch();
     if (!s.ok()) {
       // What passed every check so far stays staged for the next attempt.
-      (void)FlushBatch();
+      if (!verify_) (void)FlushBatch();
       return s;
     }
   }
+}
+
+Status Session::OnHashCredit(const proto::HashCredit& m) {
+  if (m.consumed_blocks() < hasher_->credited() || m.consumed_blocks() > hasher_->total_blocks()) {
+    return Status::Corruption("HASH_CREDIT frame: " + std::to_string(m.consumed_blocks()) +
+                              " hashes consumed, after " + std::to_string(hasher_->credited()) + " of " +
+                              std::to_string(hasher_->total_blocks()));
+  }
+  hasher_->Credit(m.consumed_blocks());
+  return Status::Ok();
 }
 
 Status Session::CheckCoverage(const char* frame, const VolumeSession& v, std::uint64_t first, std::uint64_t count) {
@@ -690,6 +774,13 @@ Status Session::OnCycleEnd(const proto::CycleEnd& m) {
     if (!v.in_cycle) return Status::Corruption(what + "volume " + name + " is not part of the cycle");
     if (seen[c.volume()]) return Status::Corruption(what + "volume " + name + " twice");
     seen[c.volume()] = true;
+    const std::uint64_t sent = v.data_blocks + v.zero_blocks + v.kept_blocks;
+    if (c.matched_blocks() != (compares_ && v.block_count >= sent ? v.block_count - sent : 0)) {
+      return Status::Corruption(what + "volume " + name + ": the shipper counts " + std::to_string(c.matched_blocks()) +
+                                " blocks equal on both sides, but " + std::to_string(sent) + " of the " +
+                                std::to_string(v.block_count) + " blocks of the " + ModeName(mode_) +
+                                " cycle were sent");
+    }
     if (c.data_blocks() != v.data_blocks || c.zero_blocks() != v.zero_blocks || c.kept_blocks() != v.kept_blocks) {
       return Status::Corruption(what + "volume " + name + ": the shipper counts " + std::to_string(c.data_blocks()) +
                                 " data, " + std::to_string(c.zero_blocks()) + " zero, " +
@@ -702,10 +793,16 @@ Status Session::OnCycleEnd(const proto::CycleEnd& m) {
     if (!v.in_cycle) continue;
     if (!seen[v.index]) return Status::Corruption(what + "no counts for volume " + v.info->name());
     std::uint64_t covered = v.data_blocks + v.zero_blocks + v.kept_blocks;
-    if (covered != v.block_count) {
+    if (!compares_ && covered != v.block_count) {
       return Status::Corruption(what + "volume " + v.info->name() + ": " + std::to_string(covered) + " of the " +
                                 std::to_string(v.block_count) + " blocks of the cycle were sent");
     }
+  }
+  if (hasher_ != nullptr) {
+    // The shipper compared every block, so every hash was sent.
+    Status hashed = hasher_->Finish();
+    hasher_.reset();
+    BLKREP_RETURN_IF_ERROR(hashed);
   }
   return Status::Ok();
 }
@@ -730,6 +827,14 @@ Status Session::FlushBatch() {
 }
 
 Status Session::Commit() {
+  if (verify_) {
+    // Nothing to commit: the ACK ends the verify.
+    proto::Ack ack;
+    ack.set_cycle_id(cycle_id_);
+    for (const VolumeSession& v : volumes_) ack.add_committed_epochs(v.reported_committed_epoch);
+    ack.set_bytes_received(reader_.bytes_received());
+    return writer_.Send(FrameType::kAck, ack);
+  }
   BLKREP_RETURN_IF_ERROR(FlushBatch());
   for (VolumeSession& v : volumes_) {
     if (!v.in_cycle) continue;

@@ -10,10 +10,12 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <variant>
 
 #include "core/async_io.h"
+#include "core/bytes.h"
 #include "core/file_block_device.h"
 #include "core/hash.h"
 #include "shipper/zero_block.h"
@@ -52,6 +54,8 @@ struct Batch {
   Status status;
   std::vector<OutFrame> frames;
   std::vector<std::byte> compressed;  // the batch's zstd frames, back to back
+  std::uint32_t matched = 0;                // resync, verify: blocks equal to the replica's
+  std::vector<std::uint64_t> mismatches;    // verify: blocks that differ
 };
 
 // Walks the frozen blocks of every volume as batches: runs of set bits, cut
@@ -108,11 +112,100 @@ class BatchCursor {
   std::uint64_t block_ = 0;
 };
 
-enum class Kind { kZero, kKeep, kData };
+// The replica's block hashes of a resync or verify cycle, as they arrive:
+// a ring of `window` entries indexed by the block's position in the cycle
+// (volumes in HELLO order, one after another). The receiver may only send
+// positions below granted + window (HASH_CREDIT), and the shipper grants
+// only positions no batch needs any more, so an entry is never overwritten
+// while in use.
+class HashWindow {
+ public:
+  HashWindow(const std::vector<VolumeSource>& volumes, std::uint32_t window) : ring_(window) {
+    for (const VolumeSource& v : volumes) {
+      offsets_.push_back(total_);
+      total_ += v.blocks.block_count();
+    }
+  }
+  std::uint64_t total() const { return total_; }
+  std::uint64_t Position(std::uint32_t volume, std::uint64_t block) const { return offsets_[volume] + block; }
+
+  // Reader thread: takes one REPLICA_HASHES frame, which must continue the
+  // sequence and respect the credit.
+  Status Put(const proto::ReplicaHashes& m) {
+    const std::uint64_t count = m.hashes().size() / proto::kReplicaHashBytes;
+    std::unique_lock lock(mu_);
+    const std::uint64_t pos = received_;
+    std::uint32_t volume = 0;
+    while (volume + 1 < offsets_.size() && pos >= offsets_[volume + 1]) ++volume;
+    const std::uint64_t block = pos - offsets_[volume];
+    if (m.volume() != volume || m.first_block() != block) {
+      return Status::Corruption("REPLICA_HASHES frame: volume " + std::to_string(m.volume()) + " block " +
+                                std::to_string(m.first_block()) + ", expected volume " + std::to_string(volume) +
+                                " block " + std::to_string(block));
+    }
+    const std::uint64_t volume_end = volume + 1 < offsets_.size() ? offsets_[volume + 1] : total_;
+    if (count > volume_end - pos || pos + count > granted_ + ring_.size()) {
+      return Status::Corruption("REPLICA_HASHES frame: blocks [" + std::to_string(block) + ", +" +
+                                std::to_string(count) + ") go past the volume or the hash window");
+    }
+    const auto* bytes = reinterpret_cast<const std::byte*>(m.hashes().data());
+    for (std::uint64_t i = 0; i < count; ++i) {
+      core::Hash128& h = ring_[(pos + i) % ring_.size()];
+      h.low = core::LoadLe64(bytes + i * proto::kReplicaHashBytes);
+      h.high = core::LoadLe64(bytes + i * proto::kReplicaHashBytes + 8);
+    }
+    received_ = pos + count;
+    lock.unlock();
+    cv_.notify_all();
+    return Status::Ok();
+  }
+  bool complete() const {
+    std::lock_guard lock(mu_);
+    return received_ == total_;
+  }
+  void Fail(const Status& s) {
+    {
+      std::lock_guard lock(mu_);
+      if (status_.ok()) status_ = s;
+    }
+    cv_.notify_all();
+  }
+  // Workers: waits until positions below `end` arrived, or a failure.
+  Status Wait(std::uint64_t end) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return received_ >= end || !status_.ok(); });
+    return received_ >= end ? Status::Ok() : status_;
+  }
+  // REQUIRES: Wait covered `pos` and it was not granted away.
+  core::Hash128 Get(std::uint64_t pos) const { return ring_[pos % ring_.size()]; }
+  // Sending thread: positions below `consumed` are no longer needed.
+  void Grant(std::uint64_t consumed) {
+    std::lock_guard lock(mu_);
+    granted_ = consumed;
+  }
+
+ private:
+  std::vector<std::uint64_t> offsets_;
+  std::uint64_t total_ = 0;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<core::Hash128> ring_;  // GUARDED_BY(mu_) for writes; see Get
+  std::uint64_t received_ = 0;       // GUARDED_BY(mu_)
+  std::uint64_t granted_ = 0;        // GUARDED_BY(mu_)
+  Status status_;                    // GUARDED_BY(mu_)
+};
+
+enum class Kind { kZero, kKeep, kData, kMatch };
+
+// What a worker needs to compare a batch with the replica.
+struct Compare {
+  proto::CycleMode mode = proto::CYCLE_MODE_UNSPECIFIED;
+  HashWindow* window = nullptr;  // null: the cycle does not compare
+};
 
 // Turns one read batch into frames. Runs on a worker thread.
 void ProcessBatch(Batch& b, const VolumeSource& v, const std::unordered_map<std::uint64_t, std::uint64_t>& staged,
-                  int zstd_level, ZSTD_CCtx* cctx) {
+                  int zstd_level, ZSTD_CCtx* cctx, const Compare& compare) {
   const std::size_t bs = v.block_size_bytes;
   std::byte* data = b.buffer.get();
   auto block_span = [&](std::uint32_t i) {
@@ -133,8 +226,29 @@ void ProcessBatch(Batch& b, const VolumeSource& v, const std::unordered_map<std:
   }
   std::vector<Kind> kinds(b.block_count);
   std::vector<std::uint64_t> hashes(b.block_count);
+  std::uint64_t position = 0;
+  if (compare.window != nullptr) {
+    position = compare.window->Position(b.volume, b.first_block);
+    Status arrived = compare.window->Wait(position + b.block_count);
+    if (!arrived.ok()) {
+      b.status = arrived;
+      return;
+    }
+  }
   for (std::uint32_t i = 0; i < b.block_count; ++i) {
     std::span<std::byte> blk = block_span(i);
+    if (compare.window != nullptr) {
+      const bool same = core::Xxh3_128(blk) == compare.window->Get(position + i);
+      if (compare.mode == proto::CYCLE_MODE_VERIFY) {
+        kinds[i] = Kind::kMatch;
+        if (!same) b.mismatches.push_back(b.first_block + i);
+        continue;
+      }
+      if (same) {
+        kinds[i] = Kind::kMatch;
+        continue;
+      }
+    }
     if (IsZeroBlock(blk)) {
       kinds[i] = Kind::kZero;
       continue;
@@ -152,7 +266,9 @@ void ProcessBatch(Batch& b, const VolumeSource& v, const std::unordered_map<std:
     std::uint32_t j = i;
     while (j < b.block_count && kinds[j] == kinds[i]) ++j;
     std::uint64_t first = b.first_block + i;
-    if (kinds[i] == Kind::kZero) {
+    if (kinds[i] == Kind::kMatch) {
+      b.matched += j - i;
+    } else if (kinds[i] == Kind::kZero) {
       proto::Zeroes z;
       z.set_volume(b.volume);
       z.set_first_block(first);
@@ -210,6 +326,7 @@ Result<ReceiverState> ShipperSession::Hello(const std::string& guest, const std:
   BLKREP_ASSIGN_OR_RETURN(proto::Message reply, proto::ReadMessage(reader_, session_, {FrameType::kHelloReply}));
   ReceiverState state;
   const proto::HelloReply& r = std::get<proto::HelloReply>(reply);
+  features_ = r.feature_flags();
   state.volumes.assign(r.volumes().begin(), r.volumes().end());
   state.staged.resize(volumes.size());
   // What the receiver announced bounds what it may send (invariant 8).
@@ -250,9 +367,16 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
                                  const ReceiverState& receiver, const ShipOptions& options, ShipStats* stats) {
   ShipStats local;
   ShipStats& st = stats ? *stats : local;
+  const bool compares = mode == proto::CYCLE_MODE_RESYNC || mode == proto::CYCLE_MODE_VERIFY;
+  if (compares && (features_ & proto::kFeatureChecksumResync) == 0) {
+    return Status::Unsupported("the receiver does not compare block hashes (an older blkrep?)");
+  }
+  const std::uint32_t window_blocks =
+      std::clamp<std::uint32_t>(options.hash_window_blocks, 1U << 15, proto::kMaxHashWindowBlocks);
   proto::CycleBegin begin;
   begin.set_cycle_id(cycle_id);
   begin.set_mode(mode);
+  if (compares) begin.set_hash_window_blocks(window_blocks);
   std::uint64_t total_bytes = 0;
   for (std::size_t i = 0; i < volumes.size(); ++i) {
     proto::VolumeCycle* vc = begin.add_volumes();
@@ -277,6 +401,36 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
     }
     devices.push_back(std::move(device));
   }
+  // Resync and verify: the replica's hashes arrive on a thread of their own
+  // (the receiver sends them while we send blocks).
+  std::unique_ptr<HashWindow> window;
+  std::thread hash_reader;
+  if (compares) {
+    window = std::make_unique<HashWindow>(volumes, window_blocks);
+    hash_reader = std::thread([&] {
+      while (!window->complete()) {
+        Result<proto::Message> m = proto::ReadMessage(reader_, session_, {FrameType::kReplicaHashes});
+        Status s = m.ok() ? window->Put(std::get<proto::ReplicaHashes>(*m)) : m.status();
+        if (!s.ok()) {
+          if (s.code() == core::Code::kEndOfData) s = Status::Aborted("the receiver closed the stream");
+          window->Fail(s);
+          return;
+        }
+      }
+    });
+  }
+  // Stops the hash reader on every path out: closing our side makes the
+  // receiver end the session, which ends the reader's stream.
+  struct ReaderJoin {
+    std::thread& t;
+    proto::Stream& stream;
+    bool close_first = true;
+    ~ReaderJoin() {
+      if (!t.joinable()) return;
+      if (close_first) stream.CloseWrite();
+      t.join();
+    }
+  } reader_join{hash_reader, stream_};
   const unsigned in_flight = std::max(1U, options.batches_in_flight);
   const unsigned workers = std::max(1U, options.workers);
   BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<core::AsyncIo> io, core::MakeAsyncIo(options.backend, in_flight * 2));
@@ -319,7 +473,7 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
         }
         if (b->status.ok()) {
           ProcessBatch(*b, volumes[b->volume], receiver.staged[b->volume], level_now.load(std::memory_order_relaxed),
-                       cctx);
+                       cctx, Compare{mode, window.get()});
         }
         {
           std::lock_guard lock(mu);
@@ -344,6 +498,15 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
   Status result;
   std::uint64_t done_bytes = 0;
   std::vector<proto::VolumeCount> counts(volumes.size());
+  if (mode == proto::CYCLE_MODE_VERIFY) {
+    st.mismatched.clear();
+    for (const VolumeSource& v : volumes) st.mismatched.emplace_back(v.blocks.block_count());
+  }
+  // Resync and verify: positions of the batches handed out and not yet sent
+  // (their hashes are still needed), and the credit granted so far.
+  std::set<std::uint64_t> pending_positions;
+  std::uint64_t next_position = 0;
+  std::uint64_t granted = 0;
   auto submit = [&](Batch* b) {
     const VolumeSource& v = volumes[b->volume];
     const core::FileBlockDevice& dev = *devices[b->volume];
@@ -351,6 +514,8 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
     bool aligned = b->raw_length % 4096 == 0;
     b->status = Status::Ok();
     b->frames.clear();
+    b->matched = 0;
+    b->mismatches.clear();
     b->op = core::AsyncOp{};
     b->op.kind = core::AsyncOp::Kind::kRead;
     b->op.fd = aligned && dev.direct_fd() >= 0 ? dev.direct_fd() : dev.fd();
@@ -377,6 +542,10 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
       }
       free_batches.pop_back();
       ++outstanding;
+      if (window) {
+        pending_positions.insert(window->Position(b->volume, b->first_block));
+        next_position = window->Position(b->volume, b->first_block) + b->block_count;
+      }
       submit(b);
     }
     if (outstanding == 0) break;
@@ -392,6 +561,8 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
     adapt.waiting += sent_from - waited_from;
     --outstanding;
     free_batches.push_back(b);
+    if (window) pending_positions.erase(window->Position(b->volume, b->first_block));
+    if (result.ok() && options.cancel != nullptr && options.cancel->load()) result = Status::Aborted("cancelled");
     if (!result.ok()) continue;  // draining after a failure
     if (!b->status.ok()) {
       result = b->status;
@@ -403,6 +574,9 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
       continue;
     }
     proto::VolumeCount& c = counts[b->volume];
+    c.set_matched_blocks(c.matched_blocks() + b->matched);
+    if (window) st.compared_blocks += b->block_count;
+    for (std::uint64_t block : b->mismatches) st.mismatched[b->volume].SetRange(block, 1);
     for (OutFrame& f : b->frames) {
       Status s;
       if (auto* m = std::get_if<proto::Blocks>(&f.message)) {
@@ -421,6 +595,18 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
       if (!s.ok()) {
         result = PeerError(s);
         break;
+      }
+    }
+    if (window && result.ok()) {
+      // Grant the receiver hashes beyond what no batch needs any more.
+      std::uint64_t consumed = pending_positions.empty() ? next_position : *pending_positions.begin();
+      if (consumed >= granted + window_blocks / 4 || (exhausted && outstanding == 0 && consumed > granted)) {
+        window->Grant(consumed);
+        proto::HashCredit credit;
+        credit.set_consumed_blocks(consumed);
+        Status s = writer_.Send(FrameType::kHashCredit, credit);
+        if (!s.ok()) result = PeerError(s);
+        granted = consumed;
       }
     }
     done_bytes += std::uint64_t{b->block_count} * v.block_size_bytes;
@@ -449,6 +635,7 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
     st.data_blocks += counts[i].data_blocks();
     st.zero_blocks += counts[i].zero_blocks();
     st.kept_blocks += counts[i].kept_blocks();
+    st.matched_blocks += counts[i].matched_blocks();
   }
   if (!result.ok()) {
     proto::Error e;
@@ -457,6 +644,11 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
     (void)writer_.Send(FrameType::kError, e);
     st.bytes_sent = writer_.bytes_sent();
     return result;
+  }
+  if (hash_reader.joinable()) {
+    // Every batch had its hashes, so the reader has read them all.
+    reader_join.close_first = false;
+    hash_reader.join();
   }
   proto::CycleEnd end;
   end.set_cycle_id(cycle_id);
@@ -473,7 +665,7 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
     return Status::Corruption("ACK frame: cycle " + std::to_string(a.cycle_id()) + ", expected " +
                               std::to_string(cycle_id));
   }
-  for (std::size_t i = 0; i < volumes.size(); ++i) {
+  for (std::size_t i = 0; i < volumes.size() && mode != proto::CYCLE_MODE_VERIFY; ++i) {
     if (a.committed_epochs(static_cast<int>(i)) != volumes[i].epoch) {
       return Status::Corruption("ACK frame: volume " + volumes[i].name + " committed at epoch " +
                                 std::to_string(a.committed_epochs(static_cast<int>(i))) + ", expected " +

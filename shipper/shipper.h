@@ -13,10 +13,21 @@
 // not need them in order. Memory is bounded by the buffer pool: queue
 // depth + workers + 2 batches.
 //
+// Resync and verify cycles read every block and compare: the receiver
+// streams the xxh3-128 of each replica block (REPLICA_HASHES, read by a
+// thread of the shipper into a ring of hash_window_blocks entries), the
+// workers hash the same blocks of the frozen source and compare. A resync
+// sends only blocks that differ (KEEP for those already staged by a cut
+// resync); a verify sends nothing and reports the differing blocks. The
+// sending thread grants the receiver more hashes (HASH_CREDIT) as batches
+// complete, so the hashes in memory stay bounded however fast the replica
+// is read.
+//
 // Thread safety: a ShipperSession is used by one thread; it runs its own
 // workers inside ShipCycle.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -58,6 +69,12 @@ struct ShipOptions {
   unsigned batches_in_flight = 8;
   unsigned workers = 2;
   std::uint32_t batch_bytes = 4U << 20;
+  // Resync and verify: REPLICA_HASHES entries the receiver may send ahead of
+  // the shipper (16 bytes of memory each).
+  std::uint32_t hash_window_blocks = 1U << 18;
+  // Polled between batches; true stops the cycle with kCancelled (an ERROR
+  // frame tells the receiver, which keeps what it durably staged).
+  const std::atomic<bool>* cancel = nullptr;
   // Called from the sending thread after each frame: bytes of the volumes
   // covered so far, and in all.
   std::function<void(std::uint64_t done_bytes, std::uint64_t total_bytes)> progress;
@@ -67,6 +84,10 @@ struct ShipStats {
   std::uint64_t data_blocks = 0;
   std::uint64_t zero_blocks = 0;
   std::uint64_t kept_blocks = 0;
+  std::uint64_t matched_blocks = 0;   // resync, verify: equal on both sides, not sent
+  std::uint64_t compared_blocks = 0;  // resync, verify: blocks whose hashes were compared
+  // Verify: per volume, the blocks whose hashes differ.
+  std::vector<tracker::DirtyBitmap> mismatched;
   std::uint64_t raw_bytes = 0;        // data blocks' bytes before compression
   std::uint64_t payload_bytes = 0;    // their bytes on the wire
   std::uint64_t bytes_sent = 0;       // every frame
@@ -109,6 +130,7 @@ class ShipperSession {
   proto::FrameWriter writer_;
   proto::FrameReader reader_;
   proto::SessionContext session_;
+  std::uint64_t features_ = 0;  // negotiated in HELLO_REPLY
 };
 
 }  // namespace blkrep::shipper

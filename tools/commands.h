@@ -17,5 +17,7 @@ int StatusCommand(const std::vector<std::string>& argv);
 int EventsCommand(const std::vector<std::string>& argv);
 int SuspendCommand(const std::vector<std::string>& argv);
 int ResumeCommand(const std::vector<std::string>& argv);
+int ResyncCommand(const std::vector<std::string>& argv);
+int VerifyCommand(const std::vector<std::string>& argv);
 
 }  // namespace blkrep::tools

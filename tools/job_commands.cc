@@ -1,10 +1,12 @@
 // pvesr's job verbs (CONTRACT.md): target add/list, create-local-job, run,
 // status. Job state lives in jobs::JobStore; a run is jobs::RunCycle.
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -48,6 +50,7 @@ Status ParseRate(const std::string& text, double* rate) {
 // other schedules report no next time.
 std::optional<std::int64_t> NextSync(const jobs::Job& j) {
   if (!j.enabled || j.state == "suspended") return std::nullopt;
+  if (j.resync_at) return *j.resync_at;  // `resync --at`: nothing runs before
   if (j.fail_count > 0 && j.last_try) {
     return *j.last_try + (j.fail_count <= 3 ? 300 * static_cast<std::int64_t>(j.fail_count) : 1800);
   }
@@ -79,6 +82,90 @@ void JsonOptInt(core::JsonWriter& w, std::optional<std::int64_t> v) {
 
 Result<std::unique_ptr<jobs::JobStore>> OpenStore(const Args& args) { return jobs::JobStore::Open(StateDir(args)); }
 
+// SIGINT and SIGTERM cancel a running cycle cleanly (the receiver keeps
+// what it staged, the source keeps its dirty blocks); a second signal
+// kills the process as usual.
+std::atomic<bool> g_cancel{false};
+
+void CancelOnSignal(int signal_number) {
+  g_cancel.store(true);
+  ::signal(signal_number, SIG_DFL);
+}
+
+void InstallCancelHandlers() {
+  ::signal(SIGINT, CancelOnSignal);
+  ::signal(SIGTERM, CancelOnSignal);
+}
+
+// Minutes after midnight of "HH:MM".
+std::optional<int> ParseClock(const std::string& text) {
+  int h = 0, m = 0;
+  char extra = 0;
+  if (std::sscanf(text.c_str(), "%2d:%2d%c", &h, &m, &extra) != 2 || text.size() != 5) return std::nullopt;
+  if (h < 0 || h > 23 || m < 0 || m > 59) return std::nullopt;
+  return h * 60 + m;
+}
+
+// "HH:MM-HH:MM" (may wrap midnight); "" or "any" means at any time.
+Status ValidateResyncWindow(const std::string& window) {
+  if (window.empty()) return Status::Ok();
+  std::size_t dash = window.find('-');
+  if (dash == std::string::npos || !ParseClock(window.substr(0, dash)) || !ParseClock(window.substr(dash + 1))) {
+    return Status::InvalidArgument("--resync-window: expected HH:MM-HH:MM (local time) or 'any', got '" + window +
+                                   "'");
+  }
+  return Status::Ok();
+}
+
+bool InResyncWindow(const std::string& window, std::int64_t now) {
+  if (window.empty()) return true;
+  std::size_t dash = window.find('-');
+  std::optional<int> from = ParseClock(window.substr(0, dash)), to = ParseClock(window.substr(dash + 1));
+  if (!from || !to) return false;
+  std::time_t t = static_cast<std::time_t>(now);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  int minute = tm.tm_hour * 60 + tm.tm_min;
+  if (*from == *to) return true;
+  return *from < *to ? minute >= *from && minute < *to : minute >= *from || minute < *to;
+}
+
+// Whether a run may resynchronize the job now (Hyper-V: the automatic
+// resync setting and its interval; a resync scheduled by hand runs at its
+// time whatever they say).
+bool ResyncAllowed(const jobs::Job& j, std::int64_t now) {
+  if (j.resync_at) return now >= *j.resync_at;
+  return j.auto_resync && InResyncWindow(j.resync_window, now);
+}
+
+void AddEventOrWarn(jobs::JobStore& store, const jobs::Event& e) {
+  Status added = store.AddEvent(e);
+  if (!added.ok()) std::fprintf(stderr, "blkrep: warning: %s\n", added.ToString().c_str());
+}
+
+// --auto-resync on|off and --resync-window HH:MM-HH:MM|any into `job`.
+Status ParseResyncOptions(const Args& args, jobs::Job& job) {
+  if (auto a = args.Value("auto-resync")) {
+    if (*a != "on" && *a != "off") return Status::InvalidArgument("--auto-resync: on or off, got '" + *a + "'");
+    job.auto_resync = *a == "on";
+  }
+  if (auto w = args.Value("resync-window")) {
+    job.resync_window = *w == "any" ? "" : *w;
+    BLKREP_RETURN_IF_ERROR(ValidateResyncWindow(job.resync_window));
+  }
+  return Status::Ok();
+}
+
+jobs::Event MakeEvent(const jobs::Job& job, std::string kind, std::string message, std::string details) {
+  jobs::Event e;
+  e.job = job.id;
+  e.guest = job.guest;
+  e.kind = std::move(kind);
+  e.message = std::move(message);
+  e.details = std::move(details);
+  return e;
+}
+
 // Progress on a terminal: one line rewritten in place.
 class Progress {
  public:
@@ -108,14 +195,44 @@ class Progress {
 // state-changed when the job's state is not what it was before the run.
 // Best effort: a failure to record is a warning, never the run's failure.
 void RecordEvents(jobs::JobStore& store, const jobs::Job& job, const std::string& previous_state,
-                  const Result<jobs::CycleResult>& ran) {
+                  const Result<jobs::CycleResult>& ran, bool resync_started, const shipper::ShipStats& stats) {
   std::vector<jobs::Event> events;
+  if (resync_started) {
+    // Hyper-V's 29244 (resynchronization completed), with the outcome.
+    const auto& s = stats;
+    std::string result = ran.ok() ? "ok" : g_cancel.load() ? "cancelled" : "failed";
+    char text[320];
+    std::snprintf(text, sizeof(text),
+                  "resync %s: %llu blocks compared, %llu sent (%llu data, %llu zero), %llu kept from a cut resync, "
+                  "%s on the wire, %.2f s",
+                  result.c_str(), (unsigned long long)s.compared_blocks,
+                  (unsigned long long)(s.data_blocks + s.zero_blocks), (unsigned long long)s.data_blocks,
+                  (unsigned long long)s.zero_blocks, (unsigned long long)s.kept_blocks,
+                  core::FormatSize(s.bytes_sent).c_str(), job.duration_s);
+    core::JsonWriter d;
+    d.BeginObject().Key("result").String(result).Key("blocks_compared").Uint(s.compared_blocks);
+    d.Key("blocks_sent").Uint(s.data_blocks + s.zero_blocks).Key("data_blocks").Uint(s.data_blocks);
+    d.Key("zero_blocks").Uint(s.zero_blocks).Key("kept_blocks").Uint(s.kept_blocks);
+    d.Key("matched_blocks").Uint(s.matched_blocks).Key("bytes_sent").Uint(s.bytes_sent);
+    d.Key("duration").Double(job.duration_s).Key("error");
+    if (ran.ok()) d.Null();
+    else d.String(ran.status().ToString());
+    d.EndObject();
+    events.push_back(MakeEvent(job, "resync-completed", text, d.str()));
+  }
   jobs::Event e;
   e.job = job.id;
   e.guest = job.guest;
   core::JsonWriter details;
   details.BeginObject();
-  if (ran.ok()) {
+  if (ran.ok() && ran->resync_deferred) {
+    e.kind = "resync-deferred";
+    e.message = "a resync is required (" + ran->resync_reason + "); not run now: " +
+                (job.resync_at ? "it is scheduled for " + FormatTime(job.resync_at)
+                 : job.auto_resync ? "outside the resync window " + job.resync_window
+                                   : "automatic resync is off (blkrep resync " + job.id + " --now)");
+    details.Key("reason").String(ran->resync_reason);
+  } else if (ran.ok()) {
     const auto& s = ran->stats;
     e.kind = "cycle-completed";
     char text[256];
@@ -147,15 +264,12 @@ void RecordEvents(jobs::JobStore& store, const jobs::Job& job, const std::string
     changed.details = d.str();
     events.push_back(changed);
   }
-  for (const auto& ev : events) {
-    Status added = store.AddEvent(ev);
-    if (!added.ok()) std::fprintf(stderr, "blkrep: warning: %s\n", added.ToString().c_str());
-  }
+  for (const auto& ev : events) AddEventOrWarn(store, ev);
 }
 
 // Runs one job now and records the outcome in the store and in `report`.
 Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir, bool verbose,
-              const shipper::ShipOptions& ship, core::JsonWriter& report) {
+              const shipper::ShipOptions& ship, core::JsonWriter& report, bool force_resync = false) {
   // Two runs of one job never overlap.
   std::string lock_path = state_dir + "/" + job.id + ".run.lock";
   int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -182,12 +296,34 @@ Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir
   request.target_args = target.args;
   request.rate_mbps = job.rate_mbps;
   request.ship = ship;
+  request.ship.cancel = &g_cancel;
+  request.allow_resync = force_resync || ResyncAllowed(job, *job.last_try);
   Progress progress("blkrep: " + job.id);
   request.ship.progress = [&](std::uint64_t done, std::uint64_t total) { progress.Update(done, total); };
+  bool resync_started = false;
+  request.on_started = [&](const std::string& mode, const std::vector<std::pair<std::string, std::uint64_t>>& vols) {
+    if (mode != "resync") return;
+    // Hyper-V's 29242 (resynchronization started), one per volume.
+    resync_started = true;
+    for (const auto& [name, blocks] : vols) {
+      core::JsonWriter d;
+      d.BeginObject().Key("volume").String(name).Key("first_block").Uint(0).Key("block_count").Uint(blocks);
+      d.EndObject();
+      AddEventOrWarn(store, MakeEvent(job, "resync-started",
+                                      "resync of " + job.guest + " volume " + name + " started: blocks [0, " +
+                                          std::to_string(blocks) + ")",
+                                      d.str()));
+    }
+  };
   auto started = std::chrono::steady_clock::now();
   Result<jobs::CycleResult> ran = jobs::RunCycle(request);
   job.duration_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  if (ran.ok()) {
+  // What the cycle did, also when it failed (a cancelled resync's events).
+  shipper::ShipStats stats;
+  if (ran.ok()) stats = ran->stats;
+  if (ran.ok() && ran->resync_deferred) {
+    job.state = "resync-required";
+  } else if (ran.ok()) {
     job.state = "ok";
     job.error.clear();
     job.fail_count = 0;
@@ -195,6 +331,7 @@ Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir
     job.last_mode = ran->mode;
     job.last_bytes_sent = ran->stats.bytes_sent;
     job.last_blocks_sent = ran->blocks_sent;
+    if (ran->mode == "resync") job.resync_at.reset();
   } else {
     job.state = "error";
     job.error = ran.status().ToString();
@@ -214,10 +351,11 @@ Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir
     current.last_mode = job.last_mode;
     current.last_bytes_sent = job.last_bytes_sent;
     current.last_blocks_sent = job.last_blocks_sent;
+    if (!job.resync_at) current.resync_at.reset();
     job = current;
   }
   BLKREP_RETURN_IF_ERROR(store.SaveJob(job));
-  RecordEvents(store, job, previous_state, ran);
+  RecordEvents(store, job, previous_state, ran, resync_started, stats);
   report.BeginObject().Key("id").String(job.id).Key("state").String(job.state).Key("error");
   if (job.error.empty()) report.Null();
   else report.String(job.error);
@@ -230,8 +368,16 @@ Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir
     report.Key("raw_bytes").Uint(s.raw_bytes).Key("payload_bytes").Uint(s.payload_bytes);
     report.Key("bytes_sent").Uint(s.bytes_sent).Key("bytes_received").Uint(s.bytes_received);
     report.Key("io_engine").String(s.io_engine);
+    report.Key("matched_blocks").Uint(s.matched_blocks).Key("compared_blocks").Uint(s.compared_blocks);
+    report.Key("resync_reason");
+    if (ran->resync_reason.empty()) report.Null();
+    else report.String(ran->resync_reason);
   }
   report.EndObject();
+  if (ran.ok() && ran->resync_deferred) {
+    std::fprintf(stderr, "blkrep: %s: resync required (%s); not run now (blkrep resync %s --now)\n", job.id.c_str(),
+                 ran->resync_reason.c_str(), job.id.c_str());
+  }
   if (ran.ok() && verbose) {
     const auto& s = ran->stats;
     std::fprintf(stderr,
@@ -315,8 +461,9 @@ int TargetCommand(const std::vector<std::string>& argv) {
 
 int CreateLocalJobCommand(const std::vector<std::string>& argv) {
   constexpr const char* kUsage =
-      "usage: blkrep create-local-job JOBID TARGET [--schedule SPEC] [--rate MBPS] [--comment TEXT] [--disable]";
-  auto args = ParseArgs(argv, {"state-dir", "schedule", "rate", "comment"}, {"disable"});
+      "usage: blkrep create-local-job JOBID TARGET [--schedule SPEC] [--rate MBPS] [--comment TEXT] [--disable] "
+      "[--auto-resync on|off] [--resync-window HH:MM-HH:MM|any]";
+  auto args = ParseArgs(argv, {"state-dir", "schedule", "rate", "comment", "auto-resync", "resync-window"}, {"disable"});
   if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
   if (args->positional.size() != 2) return ReportError(Status::InvalidArgument(kUsage));
   jobs::Job job;
@@ -332,6 +479,8 @@ int CreateLocalJobCommand(const std::vector<std::string>& argv) {
   }
   if (auto c = args->Value("comment")) job.comment = *c;
   job.enabled = !args->Flag("disable");
+  Status resync_options = ParseResyncOptions(*args, job);
+  if (!resync_options.ok()) return ReportError(resync_options);
   auto store = OpenStore(*args);
   if (!store.ok()) return ReportError(store.status());
   Status created = (*store)->CreateJob(job);
@@ -366,6 +515,8 @@ int RunCommand(const std::vector<std::string>& argv) {
     std::int64_t now = Now();
     for (const auto& j : *all) {
       auto next = NextSync(j);
+      // A job waiting for a resync it may not run now is not due.
+      if (j.state == "resync-required" && !ResyncAllowed(j, now)) continue;
       if (j.enabled && j.state != "suspended" && (!j.last_try || (next && *next <= now))) to_run.push_back(j);
     }
   }
@@ -397,7 +548,9 @@ int RunCommand(const std::vector<std::string>& argv) {
   int status = kExitOk;
   core::JsonWriter report(core::JsonStyle::kPretty);
   report.BeginArray();
+  InstallCancelHandlers();
   for (const auto& j : to_run) {
+    if (g_cancel.load()) break;
     Status ran = RunJob(**store, j, state_dir, args->Flag("verbose"), ship, report);
     if (!ran.ok()) {
       ReportError(ran);
@@ -529,17 +682,28 @@ int EventsCommand(const std::vector<std::string>& argv) {
 
 namespace {
 
+// `resync --now`, `resume --resync`: marks the job resync-required and runs
+// its resync at once, whatever its automatic-resync settings say.
+int RunResyncNow(jobs::JobStore& store, jobs::Job job, const std::string& state_dir, const Args& args) {
+  KeepLargeBuffersOnTheHeap();
+  InstallCancelHandlers();
+  Status marked = jobs::RequireResync(state_dir, job.guest, job.id, "requested by hand");
+  if (!marked.ok()) return ReportError(marked.WithContext("job " + job.id));
+  core::JsonWriter report(core::JsonStyle::kPretty);
+  shipper::ShipOptions ship;
+  Status ran = RunJob(store, job, state_dir, args.Flag("verbose"), ship, report, /*force_resync=*/true);
+  if (args.Flag("json")) std::printf("%s\n", report.str().c_str());
+  return ran.ok() ? kExitOk : ReportError(ran);
+}
+
 // Sets a job's state by hand (suspend, resume) and records the change.
 int SetJobState(const std::vector<std::string>& argv, const char* usage, bool suspend) {
-  auto args = ParseArgs(argv, {"state-dir"}, {"resync"});
+  auto args = ParseArgs(argv, {"state-dir"}, {"resync", "json", "verbose"});
   if (!args.ok()) return ReportError(args.status().WithContext(usage));
   if (args->positional.size() != 1) return ReportError(Status::InvalidArgument(usage));
   const std::string& id = args->positional[0];
   Status valid = jobs::ValidateJobId(id, nullptr);
   if (!valid.ok()) return ReportError(valid);
-  if (args->Flag("resync")) {
-    return ReportError(Status::Unsupported("resume --resync needs checksum resync, which this version lacks"));
-  }
   auto store = OpenStore(*args);
   if (!store.ok()) return ReportError(store.status());
   auto job = (*store)->GetJob(id);
@@ -550,20 +714,21 @@ int SetJobState(const std::vector<std::string>& argv, const char* usage, bool su
   } else if (before == "suspended") {
     job->state = job->error.empty() ? "ok" : "error";
   }
-  if (job->state == before) return kExitOk;
-  Status saved = (*store)->SaveJob(*job);
-  if (!saved.ok()) return ReportError(saved);
-  jobs::Event e;
-  e.kind = "state-changed";
-  e.job = job->id;
-  e.guest = job->guest;
-  e.message = before + " -> " + job->state + (suspend ? " (suspended by hand)" : " (resumed by hand)");
-  core::JsonWriter d;
-  d.BeginObject().Key("from").String(before).Key("to").String(job->state).EndObject();
-  e.details = d.str();
-  Status added = (*store)->AddEvent(e);
-  if (!added.ok()) std::fprintf(stderr, "blkrep: warning: %s\n", added.ToString().c_str());
-  return kExitOk;
+  if (job->state != before) {
+    Status saved = (*store)->SaveJob(*job);
+    if (!saved.ok()) return ReportError(saved);
+    core::JsonWriter d;
+    d.BeginObject().Key("from").String(before).Key("to").String(job->state).EndObject();
+    AddEventOrWarn(**store, MakeEvent(*job, "state-changed",
+                                      before + " -> " + job->state +
+                                          (suspend ? " (suspended by hand)" : " (resumed by hand)"),
+                                      d.str()));
+  }
+  if (!args->Flag("resync")) return kExitOk;
+  // Hyper-V's Resume-VMReplication -Resynchronize: the resync now. One that
+  // was cut off continues: the receiver offers what it staged, and only
+  // blocks not staged with the same content are sent.
+  return RunResyncNow(**store, *job, StateDir(*args), *args);
 }
 
 }  // namespace
@@ -576,6 +741,151 @@ int SuspendCommand(const std::vector<std::string>& argv) {
 
 int ResumeCommand(const std::vector<std::string>& argv) {
   return SetJobState(argv, "usage: blkrep resume JOBID [--resync]", false);
+}
+
+}  // namespace blkrep::tools
+
+namespace blkrep::tools {
+
+// Hyper-V's resynchronization, asked for by hand: at once (--now), at a
+// time (--at), or by the next run that may resync.
+int ResyncCommand(const std::vector<std::string>& argv) {
+  constexpr const char* kUsage = "usage: blkrep resync JOBID [--now] [--at TIME] [--json] [--verbose]";
+  auto args = ParseArgs(argv, {"state-dir", "at"}, {"now", "json", "verbose"});
+  if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
+  if (args->positional.size() != 1) return ReportError(Status::InvalidArgument(kUsage));
+  const std::string& id = args->positional[0];
+  Status valid = jobs::ValidateJobId(id, nullptr);
+  if (!valid.ok()) return ReportError(valid);
+  if (args->Flag("now") && args->Value("at")) {
+    return ReportError(Status::InvalidArgument("resync: --now and --at exclude each other"));
+  }
+  std::optional<std::int64_t> at;
+  if (auto t = args->Value("at")) {
+    auto parsed = ParseTime(*t);
+    if (!parsed.ok()) return ReportError(Status::InvalidArgument("--at" + parsed.status().message().substr(7)));
+    at = *parsed;
+  }
+  auto store = OpenStore(*args);
+  if (!store.ok()) return ReportError(store.status());
+  auto job = (*store)->GetJob(id);
+  if (!job.ok()) return ReportError(job.status());
+  if (job->state == "suspended") {
+    return ReportError(Status::Aborted("job " + id + " is suspended (blkrep resume " + id + " --resync)"));
+  }
+  if (args->Flag("now")) return RunResyncNow(**store, *job, StateDir(*args), *args);
+  Status marked = jobs::RequireResync(StateDir(*args), job->guest, id, "requested by hand");
+  if (!marked.ok()) return ReportError(marked.WithContext("job " + id));
+  std::string before = job->state;
+  job->state = "resync-required";
+  job->resync_at = at;
+  Status saved = (*store)->SaveJob(*job);
+  if (!saved.ok()) return ReportError(saved);
+  core::JsonWriter d;
+  d.BeginObject().Key("from").String(before).Key("to").String(job->state).Key("at");
+  JsonOptInt(d, at);
+  d.EndObject();
+  AddEventOrWarn(**store, MakeEvent(*job, "state-changed",
+                                    before + " -> resync-required (resync requested by hand" +
+                                        (at ? ", at " + FormatTime(at) : std::string()) + ")",
+                                    d.str()));
+  if (args->Flag("json")) {
+    core::JsonWriter w(core::JsonStyle::kPretty);
+    w.BeginObject().Key("id").String(id).Key("state").String(job->state).Key("resync_at");
+    JsonOptInt(w, at);
+    w.EndObject();
+    std::printf("%s\n", w.str().c_str());
+  }
+  return kExitOk;
+}
+
+// DRBD's online verify: every block's hash on both sides, no data sent.
+int VerifyCommand(const std::vector<std::string>& argv) {
+  constexpr const char* kUsage = "usage: blkrep verify JOBID [--json]";
+  auto args = ParseArgs(argv, {"state-dir"}, {"json"});
+  if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
+  if (args->positional.size() != 1) return ReportError(Status::InvalidArgument(kUsage));
+  const std::string& id = args->positional[0];
+  Status valid = jobs::ValidateJobId(id, nullptr);
+  if (!valid.ok()) return ReportError(valid);
+  const std::string state_dir = StateDir(*args);
+  KeepLargeBuffersOnTheHeap();
+  InstallCancelHandlers();
+  auto store = OpenStore(*args);
+  if (!store.ok()) return ReportError(store.status());
+  auto job = (*store)->GetJob(id);
+  if (!job.ok()) return ReportError(job.status());
+  auto target = (*store)->GetTarget(job->target);
+  if (!target.ok()) return ReportError(target.status());
+  // No cycle of the job may commit while it is compared.
+  std::string lock_path = state_dir + "/" + id + ".run.lock";
+  int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0) return ReportError(core::ErrnoStatus(errno, "open " + lock_path));
+  struct Unlock {
+    int fd;
+    ~Unlock() { ::close(fd); }
+  } unlock{lock_fd};
+  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) return ReportError(Status::Aborted("job " + id + " is running"));
+
+  jobs::CycleRequest request;
+  request.state_dir = state_dir;
+  request.job = id;
+  request.guest = job->guest;
+  request.target_args = target->args;
+  request.rate_mbps = job->rate_mbps;
+  request.ship.cancel = &g_cancel;
+  Progress progress("blkrep: verify " + id);
+  request.ship.progress = [&](std::uint64_t done, std::uint64_t total) { progress.Update(done, total); };
+  auto started = std::chrono::steady_clock::now();
+  Result<jobs::VerifyResult> verified = jobs::RunVerify(request);
+  double duration = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  if (!verified.ok()) return ReportError(verified.status().WithContext("verify " + id));
+  const jobs::VerifyResult& r = *verified;
+
+  core::JsonWriter d;
+  d.BeginObject().Key("blocks_compared").Uint(r.compared_blocks).Key("differing_blocks").Uint(r.differing_blocks);
+  d.Key("duration").Double(duration).EndObject();
+  char text[200];
+  std::snprintf(text, sizeof(text), "verify: %llu blocks compared, %llu differ, %.2f s",
+                (unsigned long long)r.compared_blocks, (unsigned long long)r.differing_blocks, duration);
+  AddEventOrWarn(**store, MakeEvent(*job, "verify-completed", text, d.str()));
+
+  if (args->Flag("json")) {
+    core::JsonWriter w(core::JsonStyle::kPretty);
+    w.BeginObject().Key("id").String(id).Key("guest").String(job->guest).Key("target").String(job->target);
+    w.Key("identical").Bool(r.differing_blocks == 0).Key("compared_blocks").Uint(r.compared_blocks);
+    w.Key("differing_blocks").Uint(r.differing_blocks);
+    w.Key("resync_required_before").Bool(r.resync_required_before);
+    w.Key("resync_required").Bool(r.differing_blocks > 0 || r.resync_required_before);
+    w.Key("duration").Double(duration).Key("bytes_sent").Uint(r.stats.bytes_sent);
+    w.Key("bytes_received").Uint(r.stats.bytes_received).Key("tracker_running").Bool(r.tracker_running);
+    w.Key("volumes").BeginArray();
+    for (const jobs::VerifyVolume& v : r.volumes) {
+      w.BeginObject().Key("name").String(v.name).Key("blocks").Uint(v.blocks);
+      w.Key("block_size").Uint(v.block_size_bytes).Key("changed_blocks").Uint(v.changed_blocks);
+      w.Key("differing_blocks").Uint(v.differing_blocks).Key("differing_ranges").BeginArray();
+      for (const auto& [first, count] : v.differing) w.BeginArray().Uint(first).Uint(count).EndArray();
+      w.EndArray().EndObject();
+    }
+    w.EndArray().EndObject();
+    std::printf("%s\n", w.str().c_str());
+  } else {
+    for (const jobs::VerifyVolume& v : r.volumes) {
+      std::printf("%s: %llu of %llu blocks differ", v.name.c_str(), (unsigned long long)v.differing_blocks,
+                  (unsigned long long)v.blocks);
+      if (v.changed_blocks > 0) std::printf(" (%llu changed since the last cycle, not judged)", (unsigned long long)v.changed_blocks);
+      std::printf("\n");
+      for (const auto& [first, count] : v.differing) {
+        std::printf("  [%llu, %llu]\n", (unsigned long long)first, (unsigned long long)count);
+      }
+    }
+  }
+  if (r.differing_blocks > 0) {
+    std::fprintf(stderr, "blkrep: %s: the replica differs in %llu blocks; the job is resync-required\n", id.c_str(),
+                 (unsigned long long)r.differing_blocks);
+    return kExitFailed;
+  }
+  return kExitOk;
 }
 
 }  // namespace blkrep::tools

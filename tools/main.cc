@@ -49,6 +49,8 @@ int main(int argc, char** argv) {
   if (command == "events") return blkrep::tools::EventsCommand(rest);
   if (command == "suspend") return blkrep::tools::SuspendCommand(rest);
   if (command == "resume") return blkrep::tools::ResumeCommand(rest);
+  if (command == "resync") return blkrep::tools::ResyncCommand(rest);
+  if (command == "verify") return blkrep::tools::VerifyCommand(rest);
   if (command == "version" || command == "--version") {
     std::printf("blkrep %s\n", BLKREP_VERSION);
     return blkrep::tools::kExitOk;

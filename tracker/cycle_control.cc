@@ -69,21 +69,35 @@ std::string CycleControl::Handle(const std::string& request) {
   if (w.empty()) return "";
   std::lock_guard lock(mu_);
   const std::string& verb = w[0];
-  if (verb != "add-target" && verb != "freeze" && verb != "commit" && verb != "abort") return "";
+  if (verb != "add-target" && verb != "freeze" && verb != "commit" && verb != "abort" && verb != "require-resync") {
+    return "";
+  }
   if (w.size() < 2 || !journal_format::IsValidName(w[1])) return "error: " + verb + " needs a job name\n";
   const std::string& job = w[1];
   Status s;
+  // The rest of the line after "VERB JOB WORD": a reason.
+  auto rest_after = [&](const std::string& prefix) {
+    std::string reason = request.rfind(prefix, 0) == 0 ? request.substr(prefix.size()) : "";
+    while (!reason.empty() && reason.front() == ' ') reason.erase(0, 1);
+    while (!reason.empty() && (reason.back() == '\n' || reason.back() == '\r')) reason.pop_back();
+    return reason;
+  };
   if (verb == "add-target") {
     s = AddTarget(job);
+  } else if (verb == "require-resync") {
+    std::string reason = rest_after("require-resync " + job);
+    if (reason.empty()) return "error: usage: require-resync JOB REASON\n";
+    for (const ControlledVolume& v : volumes_) {
+      s = v.journal->RequireResync(job, reason);
+      if (!s.ok()) break;
+    }
   } else if (verb == "freeze") {
     std::string reason;
     if (w.size() >= 3) {
       // "freeze JOB resync REASON...": the reason is the rest of the line.
       std::string prefix = "freeze " + job + " resync";
       if (w[2] != "resync" || request.rfind(prefix, 0) != 0) return "error: usage: freeze JOB [resync REASON]\n";
-      reason = request.substr(prefix.size());
-      while (!reason.empty() && reason.front() == ' ') reason.erase(0, 1);
-      while (!reason.empty() && (reason.back() == '\n' || reason.back() == '\r')) reason.pop_back();
+      reason = rest_after(prefix);
       if (reason.empty()) reason = "requested";
     }
     Result<std::string> reply = Freeze(job, reason);

@@ -15,6 +15,7 @@
 //   freeze JOB [resync REASON]   freezes a cycle; REASON forces a resync
 //   commit JOB                   the cycle reached the replica
 //   abort JOB                    the cycle failed; its blocks stay dirty
+//   require-resync JOB REASON    the job's next cycle must be a resync
 // Replies start with "ok" or "error: ". A freeze answers
 //   ok
 //   volume NAME EPOCH MODE BLOCKS COW_PATH

@@ -281,7 +281,7 @@ TEST(ReplicationTest, CompressionIsOnWhileTheWireIsTheBottleneckAndOffWhenTurned
 namespace blkrep::jobs::test {
 namespace {
 
-TEST(ReplicationTest, ACorruptedJournalShowsTheJobResyncRequiredAndTheNextCycleBringsEveryBlock) {
+TEST(ReplicationTest, ACorruptedJournalShowsTheJobResyncRequiredAndTheResyncSendsExactlyTheBlocksThatDiffer) {
   BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
   Rig rig;
   rig.AddVolume("disk0", 1 * kMiB);
@@ -306,11 +306,19 @@ TEST(ReplicationTest, ACorruptedJournalShowsTheJobResyncRequiredAndTheNextCycleB
   ASSERT_TRUE(st["resync_reason"].is_string()) << st.dump();
   RunResult text = rig.Blkrep({"status"});
   EXPECT_NE(text.out.find("resync-required: disk0:"), std::string::npos) << text.out;
-  // The journal lost what it knew: the next cycle brings every block (a
-  // full cycle for now; issue 5 makes it a checksum resync).
+  json inspect = json::parse(rig.Blkrep({"journal", "inspect", "vm100", "--json"}).out, nullptr, false);
+  ASSERT_TRUE(inspect.is_object());
+  EXPECT_EQ(inspect["resync_required"], true) << inspect.dump();
+  EXPECT_TRUE(inspect["resync_reason"].is_string()) << inspect.dump();
+  // The journal lost what it knew: the next cycle compares every block and
+  // brings exactly the 16 blocks of 4 KiB written since the last cycle.
   json r = rig.Run("vm100-1");
-  EXPECT_NE(r["mode"], "incremental");
-  EXPECT_EQ(r["blocks_sent"], 256);
+  EXPECT_EQ(r["mode"], "resync") << r.dump();
+  EXPECT_EQ(r["compared_blocks"], 256) << r.dump();
+  EXPECT_EQ(r["data_blocks"], 16) << r.dump();
+  EXPECT_EQ(r["blocks_sent"], 16) << r.dump();
+  EXPECT_EQ(r["matched_blocks"], 240) << r.dump();
+  EXPECT_LT(r["raw_bytes"].get<std::uint64_t>(), 17u * 4096) << r.dump();
   rig.ExpectReplicasEqualSources();
   st = rig.Status("vm100-1");
   EXPECT_EQ(st["state"], "ok") << st.dump();
@@ -341,7 +349,6 @@ TEST(ReplicationTest, ASuspendedJobRunsNoCycleAndAfterResumeBringsWhatAccumulate
   RunResult due = rig.Blkrep({"run", "--json"});  // every due job: none
   EXPECT_EQ(due.exit_status, 0) << Describe(due);
   EXPECT_EQ(json::parse(due.out, nullptr, false).size(), 0u) << due.out;
-  EXPECT_EQ(rig.Blkrep({"resume", "vm100-1", "--resync"}).exit_status, 1);  // not in this version
   ASSERT_EQ(rig.Blkrep({"resume", "vm100-1"}).exit_status, 0);
   EXPECT_EQ(rig.Status("vm100-1")["state"], "ok");
   json r = rig.Run("vm100-1");
