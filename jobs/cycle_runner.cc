@@ -230,11 +230,46 @@ Status OpenSource(const CycleRequest& request, bool add_target, Source& source) 
     }
   }
   BLKREP_RETURN_IF_ERROR(source.Reload());
-  for (const SourceVolume& v : source.volumes) {
+  for (SourceVolume& v : source.volumes) {
+    if (!FindTarget(v.report, job) && add_target && v.report.resync_required) {
+      // A degraded journal keeps the new target in the tracker's memory
+      // only: what its file says of it is that nothing can be trusted.
+      tracker::TargetReport t;
+      t.name = job;
+      t.resync_required = true;
+      t.resync_reason = v.report.resync_reason.empty() ? "the journal requires a resync" : v.report.resync_reason;
+      v.report.targets.push_back(std::move(t));
+    }
     if (!FindTarget(v.report, job)) {
       if (add_target) return Status::Internal("job " + job + " is not a target of " + v.journal_path);
       return Status::NotFound("job " + job + " has no cycle on volume " + v.name + " (journal " + v.journal_path +
                               ")");
+    }
+  }
+  return Status::Ok();
+}
+
+// Reads the tracker's "changed JOB" reply into the job's target reports.
+Status ParseChanged(const std::string& reply, const std::string& job, std::vector<SourceVolume>& volumes) {
+  std::istringstream in(reply);
+  std::string line;
+  std::getline(in, line);  // ok
+  while (std::getline(in, line)) {
+    std::istringstream words(line);
+    std::string tag, name;
+    std::uint64_t blocks = 0;
+    words >> tag >> name >> blocks;
+    auto it = std::find_if(volumes.begin(), volumes.end(), [&](const SourceVolume& v) { return v.name == name; });
+    if (tag != "volume" || it == volumes.end() || blocks != it->report.dirty.block_count()) {
+      return Status::Internal("tracker: unexpected reply to changed: " + line.substr(0, 200));
+    }
+    tracker::DirtyBitmap dirty(blocks);
+    for (std::uint64_t first = 0, count = 0; words >> first >> count;) {
+      if (first > blocks || count > blocks - first) return Status::Internal("tracker: a changed range past the end");
+      dirty.SetRange(first, count);
+    }
+    for (tracker::TargetReport& t : it->report.targets) {
+      if (t.name == job) t.dirty = std::move(dirty);
     }
   }
   return Status::Ok();
@@ -449,17 +484,27 @@ Result<VerifyResult> RunVerify(const CycleRequest& request) {
   link.session->Close();
   BLKREP_RETURN_IF_ERROR(link.connection->Finish());
   // What changed for the job up to now (read after the comparison, so it
-  // covers every write the comparison could have seen) may differ.
+  // covers every write the comparison could have seen) may differ. A
+  // running tracker knows it exactly; its files only up to whole hot
+  // activity-log extents.
   BLKREP_RETURN_IF_ERROR(source.Reload());
+  if (source.tracker_running) {
+    Status asked;
+    std::string reply = Ask(source.control, "changed " + job, &asked);
+    if (asked.ok()) BLKREP_RETURN_IF_ERROR(ParseChanged(reply, job, source.volumes));
+  }
   for (std::size_t i = 0; i < source.volumes.size(); ++i) {
     const SourceVolume& v = source.volumes[i];
-    const tracker::TargetReport& t = *FindTarget(v.report, job);
+    const tracker::TargetReport* t = FindTarget(v.report, job);
     VerifyVolume out;
     out.name = v.name;
     out.blocks = sources[i].blocks.block_count();
     out.block_size_bytes = v.block_size_bytes;
     tracker::DirtyBitmap differing = result.stats.mismatched[i];
-    tracker::DirtyBitmap changed = t.dirty;
+    // A journal that lost the job knows nothing of what changed: every
+    // difference is reported (resync_required_before says why).
+    if (t == nullptr) result.resync_required_before = true;
+    tracker::DirtyBitmap changed = t != nullptr ? t->dirty : tracker::DirtyBitmap();
     if (changed.block_count() == differing.block_count()) {
       out.changed_blocks = changed.Count();
       for (const auto& [first, count] : changed.Runs()) differing.ClearRange(first, count);

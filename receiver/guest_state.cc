@@ -131,13 +131,17 @@ Status CheckVolume(const GuestState& s, std::size_t index, const VolumeState& v)
   if (v.in_cycle) {
     if (s.cycle_id == 0) return bad("in_cycle is 1 without a cycle (cycle_id 0)");
     if (st.staging_id == 0) return bad("in_cycle is 1 without a staging (staging_id 0)");
-    if (st.in_place != (s.mode != proto::CYCLE_MODE_INCREMENTAL)) {
+    // A resync is staged, or in place where the replica held no complete
+    // cycle; a full cycle always in place, an incremental never.
+    if (s.mode != proto::CYCLE_MODE_RESYNC && st.in_place != (s.mode != proto::CYCLE_MODE_INCREMENTAL)) {
       return bad("staging_in_place " + std::to_string(st.in_place ? 1 : 0) + " contradicts mode " +
                  std::to_string(s.mode));
     }
     if (st.in_place && !v.incomplete) return bad("incomplete is 0 while a cycle writes the replica in place");
     if (v.cycle_epoch == 0) return bad("cycle_epoch is 0 in a cycle");
-    if (st.base_epoch >= v.cycle_epoch) {
+    // A resync's base is the replica's epoch, whatever the source's journal
+    // numbers its cycles now.
+    if (s.mode != proto::CYCLE_MODE_RESYNC && st.base_epoch >= v.cycle_epoch) {
       return bad("staging_base_epoch " + std::to_string(st.base_epoch) + " is not before cycle_epoch " +
                  std::to_string(v.cycle_epoch));
     }
@@ -155,8 +159,11 @@ Status CheckVolume(const GuestState& s, std::size_t index, const VolumeState& v)
                  std::to_string(v.size_bytes) + " and block_size_bytes " + std::to_string(v.block_size_bytes) +
                  " of a validated cycle");
     }
+    // A resync brings only the blocks whose hashes differed.
     const std::uint64_t n = v.cycle_block_count;
-    if (v.data_blocks > n || v.zero_blocks > n - v.data_blocks || v.kept_blocks != n - v.data_blocks - v.zero_blocks) {
+    const bool exact = s.mode != proto::CYCLE_MODE_RESYNC;
+    if (v.data_blocks > n || v.zero_blocks > n - v.data_blocks || v.kept_blocks > n - v.data_blocks - v.zero_blocks ||
+        (exact && v.kept_blocks != n - v.data_blocks - v.zero_blocks)) {
       return bad("data_blocks " + std::to_string(v.data_blocks) + ", zero_blocks " + std::to_string(v.zero_blocks) +
                  " and kept_blocks " + std::to_string(v.kept_blocks) + " do not add up to cycle_block_count " +
                  std::to_string(n));

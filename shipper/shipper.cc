@@ -578,6 +578,10 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
     if (window) st.compared_blocks += b->block_count;
     for (std::uint64_t block : b->mismatches) st.mismatched[b->volume].SetRange(block, 1);
     for (OutFrame& f : b->frames) {
+      if (options.cancel != nullptr && options.cancel->load()) {
+        result = Status::Aborted("cancelled");
+        break;
+      }
       Status s;
       if (auto* m = std::get_if<proto::Blocks>(&f.message)) {
         c.set_data_blocks(c.data_blocks() + m->block_count());

@@ -689,9 +689,12 @@ int RunResyncNow(jobs::JobStore& store, jobs::Job job, const std::string& state_
   InstallCancelHandlers();
   Status marked = jobs::RequireResync(state_dir, job.guest, job.id, "requested by hand");
   if (!marked.ok()) return ReportError(marked.WithContext("job " + job.id));
+  // The same report as `run --json`: an array of the jobs run.
   core::JsonWriter report(core::JsonStyle::kPretty);
+  report.BeginArray();
   shipper::ShipOptions ship;
   Status ran = RunJob(store, job, state_dir, args.Flag("verbose"), ship, report, /*force_resync=*/true);
+  report.EndArray();
   if (args.Flag("json")) std::printf("%s\n", report.str().c_str());
   return ran.ok() ? kExitOk : ReportError(ran);
 }

@@ -69,7 +69,8 @@ std::string CycleControl::Handle(const std::string& request) {
   if (w.empty()) return "";
   std::lock_guard lock(mu_);
   const std::string& verb = w[0];
-  if (verb != "add-target" && verb != "freeze" && verb != "commit" && verb != "abort" && verb != "require-resync") {
+  if (verb != "add-target" && verb != "freeze" && verb != "commit" && verb != "abort" && verb != "require-resync" &&
+      verb != "changed") {
     return "";
   }
   if (w.size() < 2 || !journal_format::IsValidName(w[1])) return "error: " + verb + " needs a job name\n";
@@ -84,6 +85,21 @@ std::string CycleControl::Handle(const std::string& request) {
   };
   if (verb == "add-target") {
     s = AddTarget(job);
+  } else if (verb == "changed") {
+    std::ostringstream reply;
+    reply << "ok\n";
+    for (const ControlledVolume& v : volumes_) {
+      JournalReport report = v.journal->Report();
+      const TargetReport* target = nullptr;
+      for (const TargetReport& t : report.targets) {
+        if (t.name == job) target = &t;
+      }
+      if (target == nullptr) return "error: job " + job + " is not a target of volume " + v.name + "\n";
+      reply << "volume " << v.name << " " << target->dirty.block_count();
+      for (const auto& [first, count] : target->dirty.Runs()) reply << " " << first << " " << count;
+      reply << "\n";
+    }
+    return reply.str();
   } else if (verb == "require-resync") {
     std::string reason = rest_after("require-resync " + job);
     if (reason.empty()) return "error: usage: require-resync JOB REASON\n";

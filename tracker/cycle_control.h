@@ -16,6 +16,9 @@
 //   commit JOB                   the cycle reached the replica
 //   abort JOB                    the cycle failed; its blocks stay dirty
 //   require-resync JOB REASON    the job's next cycle must be a resync
+//   changed JOB                  the blocks changed for JOB since its last
+//                                committed cycle: per volume a line
+//                                "volume NAME BLOCKS [FIRST COUNT]..." 
 // Replies start with "ok" or "error: ". A freeze answers
 //   ok
 //   volume NAME EPOCH MODE BLOCKS COW_PATH

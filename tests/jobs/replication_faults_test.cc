@@ -59,19 +59,6 @@ std::vector<std::string> Lines(const std::string& text) {
   return out;
 }
 
-// A local target whose stream is cut (by cut_stream.py, streaming) after
-// the number of bytes `cut_file` holds, or not cut when it holds "all". The
-// receiver makes its staging durable every 64 KiB, so cuts leave something
-// to resume.
-bool AddCuttableTarget(Rig& rig, const std::string& name, const std::string& python, const std::string& cut_file) {
-  std::string receive = rig.ReceiveCommand() + " --sync-interval 64K";
-  return rig.AddTarget(
-      name, {"--exec", "n=$(cat " + ShellQuote(cut_file) + "); if [ \"$n\" = all ]; then exec " + receive +
-                           "; else " + ShellQuote(python) + " " +
-                           ShellQuote(std::string(BLKREP_JOBS_TEST_SCRIPTS) + "/cut_stream.py") + " \"$n\" | " +
-                           receive + "; fi"});
-}
-
 TEST(ReplicationFaultsTest, ACutAnywhereKeepsThePreviousCycleAndTheNextRunResumes) {
   BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
   Rig rig;

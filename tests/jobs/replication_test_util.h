@@ -230,4 +230,17 @@ inline std::string CheckPointInTime(const std::vector<std::vector<std::uint8_t>>
   return "";
 }
 
+// A local target whose stream is cut (by cut_stream.py, streaming) after
+// the number of bytes `cut_file` holds, or not cut when it holds "all". The
+// receiver makes its staging durable every 64 KiB, so cuts leave something
+// to resume.
+inline bool AddCuttableTarget(Rig& rig, const std::string& name, const std::string& python, const std::string& cut_file) {
+  std::string receive = rig.ReceiveCommand() + " --sync-interval 64K";
+  return rig.AddTarget(
+      name, {"--exec", "n=$(cat " + ShellQuote(cut_file) + "); if [ \"$n\" = all ]; then exec " + receive +
+                           "; else " + ShellQuote(python) + " " +
+                           ShellQuote(std::string(BLKREP_JOBS_TEST_SCRIPTS) + "/cut_stream.py") + " \"$n\" | " +
+                           receive + "; fi"});
+}
+
 }  // namespace blkrep::jobs::test
