@@ -107,6 +107,7 @@ proto::CycleMode WireMode(tracker::CycleMode m) {
 // Why the replica cannot take an incremental cycle, or "" if it can.
 std::string IncrementalBlocker(const SourceVolume& v, const tracker::TargetReport& t, const proto::ReplicaState& r) {
   if (!r.exists()) return "the replica of " + v.name + " is missing";
+  if (r.replaced()) return "the replica of " + v.name + " is not the file the last cycle committed to (replaced)";
   if (r.incomplete()) return "the replica of " + v.name + " is incomplete";
   if (r.size_bytes() != v.size_bytes) {
     return "the replica of " + v.name + " has " + std::to_string(r.size_bytes()) + " bytes, the volume " +

@@ -431,6 +431,16 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
       t.join();
     }
   } reader_join{hash_reader, stream_};
+  // After a failed write: why the receiver stopped. While the hash reader
+  // runs it owns the reading side, so it is stopped first and asked.
+  auto peer_error = [&](const Status& write_error) -> Status {
+    if (!hash_reader.joinable()) return PeerError(write_error);
+    stream_.CloseWrite();
+    hash_reader.join();
+    Status seen = window->Wait(window->total());
+    if (!seen.ok() && seen.message().rfind("peer: ", 0) == 0) return seen;
+    return write_error;
+  };
   const unsigned in_flight = std::max(1U, options.batches_in_flight);
   const unsigned workers = std::max(1U, options.workers);
   BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<core::AsyncIo> io, core::MakeAsyncIo(options.backend, in_flight * 2));
@@ -597,7 +607,7 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
         s = writer_.Send(f.type, k);
       }
       if (!s.ok()) {
-        result = PeerError(s);
+        result = peer_error(s);
         break;
       }
     }
@@ -609,7 +619,7 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
         proto::HashCredit credit;
         credit.set_consumed_blocks(consumed);
         Status s = writer_.Send(FrameType::kHashCredit, credit);
-        if (!s.ok()) result = PeerError(s);
+        if (!s.ok()) result = peer_error(s);
         granted = consumed;
       }
     }
