@@ -349,3 +349,44 @@ TEST(ResyncTest, OutsideItsWindowAJobDefersTheResyncAndInsideItResyncs) {
 
 }  // namespace
 }  // namespace blkrep::jobs::test
+
+namespace blkrep::jobs::test {
+namespace {
+
+TEST(ResyncTest, AVolumeWrittenWhileUntrackedIsResyncedExactlyAndAResizedOneToo) {
+  BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
+  Rig rig;
+  rig.AddVolume("disk0", 1 * kMiB);
+  ASSERT_TRUE(rig.StartTracker());
+  ASSERT_TRUE(rig.QemuIo(qemu_io, "disk0", {"write -P 0x71 0 1M"}));
+  ASSERT_TRUE(rig.AddLocalTarget("local"));
+  ASSERT_TRUE(rig.CreateJob("vm100-1", "local"));
+  ASSERT_EQ(rig.Run("vm100-1")["mode"], "full");
+  ASSERT_EQ(rig.tracker().Stop(SIGTERM), 0);
+  // Written behind the tracker's back: 2 blocks.
+  DamageBlocks(rig.volumes()[0].path, 40, 2, 11);
+  ASSERT_TRUE(rig.StartTracker());  // serves all the same
+  json st = rig.Status("vm100-1");
+  EXPECT_EQ(st["state"], "resync-required") << st.dump();
+  ASSERT_TRUE(st["resync_reason"].is_string()) << st.dump();
+  json r = rig.Run("vm100-1");
+  EXPECT_EQ(r["mode"], "resync") << r.dump();
+  EXPECT_EQ(r["blocks_sent"], 2) << r.dump();
+  rig.ExpectReplicasEqualSources();
+  EXPECT_EQ(rig.Status("vm100-1")["state"], "ok");
+
+  // Grown while untracked by 64 KiB of data: the replica is resized and
+  // only the new blocks travel.
+  ASSERT_EQ(rig.tracker().Stop(SIGTERM), 0);
+  DamageBlocks(rig.volumes()[0].path, 256, 16, 12);
+  ASSERT_TRUE(rig.StartTracker());
+  st = rig.Status("vm100-1");
+  EXPECT_EQ(st["state"], "resync-required") << st.dump();
+  r = rig.Run("vm100-1");
+  EXPECT_EQ(r["mode"], "resync") << r.dump();
+  EXPECT_EQ(r["blocks_sent"], 16) << r.dump();
+  rig.ExpectReplicasEqualSources();
+}
+
+}  // namespace
+}  // namespace blkrep::jobs::test
