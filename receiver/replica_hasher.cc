@@ -73,10 +73,11 @@ void ReplicaHasher::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-bool ReplicaHasher::WaitForCredit(std::uint64_t count) {
+std::uint64_t ReplicaHasher::WaitForCredit(std::uint64_t count) {
   std::unique_lock lock(mu_);
-  cv_.wait(lock, [&] { return stop_ || sent_ + count <= consumed_ + window_blocks_; });
-  return !stop_;
+  cv_.wait(lock, [&] { return stop_ || sent_ < consumed_ + window_blocks_; });
+  if (stop_) return 0;
+  return std::min(count, consumed_ + window_blocks_ - sent_);
 }
 
 void ReplicaHasher::Run() {
@@ -93,7 +94,7 @@ void ReplicaHasher::Run() {
       if (static_cast<unsigned char>(c) < 0x20) c = ' ';
     }
     e.set_message(message);
-    (void)writer_.Send(proto::FrameType::kError, e);
+    sent_error_ = writer_.Send(proto::FrameType::kError, e).ok();
   }
 }
 
@@ -171,8 +172,10 @@ Status ReplicaHasher::HashVolume(const Volume& v) {
     hashes.resize(count);
     core::HashBlocks(std::span<const std::byte>(c->buffer.get(), c->length), bs, hashes);
     for (std::size_t first = 0; first < count && result.ok();) {
-      std::size_t n = std::min<std::size_t>(count - first, proto::kMaxReplicaHashesPerFrame);
-      if (!WaitForCredit(n)) {
+      // As many as the credit allows now, at least one.
+      std::size_t n = static_cast<std::size_t>(
+          WaitForCredit(std::min<std::size_t>(count - first, proto::kMaxReplicaHashesPerFrame)));
+      if (n == 0) {
         result = Status::Aborted("stopped");
         break;
       }

@@ -58,13 +58,17 @@ class ReplicaHasher {
   // Makes the thread stop at the next frame and joins it.
   void Stop();
   std::uint64_t total_blocks() const { return total_blocks_; }
+  std::uint32_t window_blocks() const { return window_blocks_; }
+  // True once the thread failed on its own and sent an ERROR frame.
+  bool sent_error() const { return sent_error_; }
   std::uint64_t bytes_read() const { return bytes_read_; }
 
  private:
   void Run();
   core::Status HashVolume(const Volume& v);
-  // Waits until `count` more hashes fit in the credit; false if stopped.
-  bool WaitForCredit(std::uint64_t count);
+  // Waits until the credit allows at least one more hash; how many of
+  // `count` it allows, 0 if stopped.
+  std::uint64_t WaitForCredit(std::uint64_t count);
 
   proto::FrameWriter& writer_;
   const std::vector<Volume> volumes_;
@@ -78,6 +82,7 @@ class ReplicaHasher {
   std::uint64_t consumed_ = 0;  // GUARDED_BY(mu_)
   bool stop_ = false;           // GUARDED_BY(mu_)
   core::Status status_;         // written by the thread, read after join
+  bool sent_error_ = false;     // written by the thread, read after join
   std::thread thread_;
 };
 

@@ -371,8 +371,22 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
   if (compares && (features_ & proto::kFeatureChecksumResync) == 0) {
     return Status::Unsupported("the receiver does not compare block hashes (an older blkrep?)");
   }
-  const std::uint32_t window_blocks =
-      std::clamp<std::uint32_t>(options.hash_window_blocks, 1U << 15, proto::kMaxHashWindowBlocks);
+  // The hash window must cover every batch in the pipeline with room to
+  // spare (a worker waits for its batch's hashes, and the credit only
+  // moves past the oldest batch not yet sent): at least twice the
+  // pipeline's blocks, and the pipeline shrinks if that passes the cap.
+  std::uint32_t batch_bytes = std::min(options.batch_bytes, proto::kMaxBatchBytes);
+  unsigned in_flight = std::max(1U, options.batches_in_flight);
+  const unsigned workers = std::max(1U, options.workers);
+  std::uint32_t min_block = proto::kMaxBlockSizeBytes;
+  for (const VolumeSource& v : volumes) min_block = std::min(min_block, v.block_size_bytes);
+  const std::uint64_t batch_blocks = std::max<std::uint64_t>(1, batch_bytes / std::max<std::uint32_t>(min_block, 1));
+  if (compares) {
+    while (in_flight > 1 && 2 * (in_flight + workers + 2) * batch_blocks > proto::kMaxHashWindowBlocks) --in_flight;
+  }
+  const std::uint32_t window_blocks = static_cast<std::uint32_t>(std::clamp<std::uint64_t>(
+      std::max<std::uint64_t>(options.hash_window_blocks, 2 * (in_flight + workers + 2) * batch_blocks), 1U << 15,
+      proto::kMaxHashWindowBlocks));
   proto::CycleBegin begin;
   begin.set_cycle_id(cycle_id);
   begin.set_mode(mode);
@@ -401,6 +415,18 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
     }
     devices.push_back(std::move(device));
   }
+  // A resync the receiver writes in place (a replica missing, incomplete or
+  // of another size: the receiver's rule) has its staged blocks in the
+  // replica itself, where the hash comparison sees them: KEEP would trust
+  // a staged hash over the replica's bytes.
+  bool keep_staged = mode != proto::CYCLE_MODE_VERIFY;
+  if (mode == proto::CYCLE_MODE_RESYNC) {
+    for (std::size_t i = 0; i < volumes.size(); ++i) {
+      const proto::ReplicaState& r = receiver.volumes[i];
+      if (!r.exists() || r.incomplete() || r.size_bytes() != volumes[i].size_bytes) keep_staged = false;
+    }
+  }
+  const std::unordered_map<std::uint64_t, std::uint64_t> no_staged;
   // Resync and verify: the replica's hashes arrive on a thread of their own
   // (the receiver sends them while we send blocks).
   std::unique_ptr<HashWindow> window;
@@ -441,12 +467,9 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
     if (!seen.ok() && seen.message().rfind("peer: ", 0) == 0) return seen;
     return write_error;
   };
-  const unsigned in_flight = std::max(1U, options.batches_in_flight);
-  const unsigned workers = std::max(1U, options.workers);
   BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<core::AsyncIo> io, core::MakeAsyncIo(options.backend, in_flight * 2));
   st.io_engine = std::string(io->name());
 
-  std::uint32_t batch_bytes = std::min(options.batch_bytes, proto::kMaxBatchBytes);
   std::vector<std::unique_ptr<Batch>> pool;
   const std::size_t pool_size = in_flight + workers + 2;
   for (std::size_t i = 0; i < pool_size; ++i) {
@@ -482,7 +505,8 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
           to_process.pop_front();
         }
         if (b->status.ok()) {
-          ProcessBatch(*b, volumes[b->volume], receiver.staged[b->volume], level_now.load(std::memory_order_relaxed),
+          ProcessBatch(*b, volumes[b->volume], keep_staged ? receiver.staged[b->volume] : no_staged,
+                       level_now.load(std::memory_order_relaxed),
                        cctx, Compare{mode, window.get()});
         }
         {

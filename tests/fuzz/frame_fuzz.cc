@@ -19,7 +19,9 @@
 //     kCorruption/kAborted (kEndOfData exactly at a frame boundary);
 //   - DecodeFrame fails only with kCorruption and a one-line message, and
 //     what it accepts keeps the gate's promises (indexes, ranges inside the
-//     volume, lengths, counts, caps), re-checked here independently;
+//     volume, lengths, counts, caps, the hash window and epochs of each
+//     cycle mode, REPLICA_HASHES of whole 16-byte hashes, HASH_CREDIT
+//     within the session's blocks), re-checked here independently;
 //   - an accepted HELLO becomes the session for the frames after it, as in
 //     the receiver.
 #include <algorithm>
@@ -137,15 +139,30 @@ void CheckAccepted(const proto::Message& m, const proto::SessionContext& s) {
     CheckRange(s, k->volume(), k->first_block(), static_cast<std::uint64_t>(k->hashes_size()), "KEEP");
   } else if (const auto* c = std::get_if<proto::CycleBegin>(&m)) {
     BLKREP_FUZZ_CHECK(c->cycle_id() != 0, "CYCLE_BEGIN: accepted cycle id 0");
-    BLKREP_FUZZ_CHECK(c->mode() >= proto::CYCLE_MODE_FULL && c->mode() <= proto::CYCLE_MODE_RESYNC,
+    BLKREP_FUZZ_CHECK(c->mode() >= proto::CYCLE_MODE_FULL && c->mode() <= proto::CYCLE_MODE_VERIFY,
                       "CYCLE_BEGIN: accepted an unknown mode");
+    const bool resync = c->mode() == proto::CYCLE_MODE_RESYNC;
+    const bool verify = c->mode() == proto::CYCLE_MODE_VERIFY;
+    if (resync || verify) {
+      BLKREP_FUZZ_CHECK(c->hash_window_blocks() >= 1 && c->hash_window_blocks() <= proto::kMaxHashWindowBlocks,
+                        "CYCLE_BEGIN: accepted a comparing cycle with a bad hash window");
+    } else {
+      BLKREP_FUZZ_CHECK(c->hash_window_blocks() == 0, "CYCLE_BEGIN: accepted a hash window for a cycle that compares nothing");
+    }
+    BLKREP_FUZZ_CHECK(c->volumes_size() >= 1, "CYCLE_BEGIN: accepted a cycle of no volume");
     std::vector<bool> seen(s.volumes.size());
     for (const proto::VolumeCycle& v : c->volumes()) {
       BLKREP_FUZZ_CHECK(v.volume() < s.volumes.size() && !seen[v.volume()],
                         "CYCLE_BEGIN: accepted a bad or repeated volume index");
       seen[v.volume()] = true;
-      BLKREP_FUZZ_CHECK(v.epoch() >= 1 && v.base_epoch() < v.epoch(), "CYCLE_BEGIN: accepted bad epochs");
+      if (verify) {
+        BLKREP_FUZZ_CHECK(v.epoch() == 0 && v.base_epoch() == 0, "CYCLE_BEGIN: accepted a verify with an epoch");
+      } else {
+        BLKREP_FUZZ_CHECK(v.epoch() >= 1 && (resync || v.base_epoch() < v.epoch()), "CYCLE_BEGIN: accepted bad epochs");
+      }
       BLKREP_FUZZ_CHECK(v.block_count() <= s.BlockCount(v.volume()), "CYCLE_BEGIN: accepted too many blocks");
+      BLKREP_FUZZ_CHECK(!(resync || verify) || v.block_count() == s.BlockCount(v.volume()),
+                        "CYCLE_BEGIN: accepted a comparing cycle that does not cover every block");
     }
   } else if (const auto* b = std::get_if<proto::Blocks>(&m)) {
     CheckRange(s, b->volume(), b->first_block(), b->block_count(), "BLOCKS");
@@ -173,9 +190,20 @@ void CheckAccepted(const proto::Message& m, const proto::SessionContext& s) {
     for (const proto::VolumeCount& v : e->volumes()) {
       BLKREP_FUZZ_CHECK(v.volume() < s.volumes.size(), "CYCLE_END: accepted a bad volume index");
       std::uint64_t blocks = s.BlockCount(v.volume());
-      BLKREP_FUZZ_CHECK(v.data_blocks() <= blocks && v.zero_blocks() <= blocks && v.kept_blocks() <= blocks,
+      BLKREP_FUZZ_CHECK(v.data_blocks() <= blocks && v.zero_blocks() <= blocks && v.kept_blocks() <= blocks &&
+                            v.matched_blocks() <= blocks,
                         "CYCLE_END: accepted counts over the volume");
     }
+  } else if (const auto* rh = std::get_if<proto::ReplicaHashes>(&m)) {
+    BLKREP_FUZZ_CHECK(rh->hashes().size() % proto::kReplicaHashBytes == 0,
+                      "REPLICA_HASHES: accepted a hash that is not 16 bytes");
+    const std::uint64_t count = rh->hashes().size() / proto::kReplicaHashBytes;
+    BLKREP_FUZZ_CHECK(count <= proto::kMaxReplicaHashesPerFrame, "REPLICA_HASHES: accepted too many hashes");
+    CheckRange(s, rh->volume(), rh->first_block(), count, "REPLICA_HASHES");
+  } else if (const auto* hc = std::get_if<proto::HashCredit>(&m)) {
+    std::uint64_t total = 0;
+    for (std::uint32_t i = 0; i < s.volumes.size(); ++i) total += s.BlockCount(i);
+    BLKREP_FUZZ_CHECK(hc->consumed_blocks() <= total, "HASH_CREDIT: accepted more hashes than the volumes have blocks");
   } else if (const auto* a = std::get_if<proto::Ack>(&m)) {
     BLKREP_FUZZ_CHECK(static_cast<std::size_t>(a->committed_epochs_size()) == s.volumes.size(),
                       "ACK: accepted a wrong number of epochs");
@@ -380,14 +408,28 @@ struct Builder {
       case FrameType::kCycleBegin: {
         proto::CycleBegin c;
         c.set_cycle_id(in.U8() % 8 ? 1 + in.U8() : in.InterestingU64());
-        c.set_mode(static_cast<proto::CycleMode>(in.U8() % 5));
+        const auto mode = static_cast<proto::CycleMode>(in.U8() % 6);
+        c.set_mode(mode);
+        const bool compares = mode == proto::CYCLE_MODE_RESYNC || mode == proto::CYCLE_MODE_VERIFY;
+        // A comparing cycle mostly gets a window in range, the others mostly none.
+        switch (in.U8() % 8) {
+          case 0: c.set_hash_window_blocks(static_cast<std::uint32_t>(in.InterestingU64())); break;
+          case 1: c.set_hash_window_blocks(proto::kMaxHashWindowBlocks + in.U8() % 2); break;
+          case 2: c.set_hash_window_blocks(in.U8() % 2); break;
+          default: c.set_hash_window_blocks(compares ? 1 + in.U32() % proto::kMaxHashWindowBlocks : 0); break;
+        }
         int entries = in.U8() % 4 ? static_cast<int>(s.volumes.size()) : in.U8() % 6;
         for (int i = 0; i < entries; ++i) {
           proto::VolumeCycle* v = c.add_volumes();
           v->set_volume(in.U8() % 4 ? static_cast<std::uint32_t>(i) : Volume());
           std::uint64_t epoch = in.U8() % 4 ? 1 + in.U8() : in.InterestingU64();
+          if (mode == proto::CYCLE_MODE_VERIFY && in.U8() % 4 != 0) epoch = 0;
           v->set_epoch(epoch);
-          v->set_base_epoch(in.U8() % 4 ? epoch - 1 : in.InterestingU64());
+          switch (in.U8() % 8) {
+            case 0: v->set_base_epoch(in.InterestingU64()); break;
+            case 1: v->set_base_epoch(epoch + in.U8() % 2); break;  // at or after: a resync's right
+            default: v->set_base_epoch(epoch > 0 ? epoch - 1 : 0); break;
+          }
           v->set_block_count(in.U8() % 2 ? Blocks(v->volume()) - in.U8() % 2 + in.U8() % 2 : in.InterestingU64());
         }
         return c.SerializeAsString();
@@ -452,6 +494,7 @@ struct Builder {
           v->set_data_blocks(in.U8() % 2 ? blocks - in.U8() % 2 + in.U8() % 2 : in.InterestingU64());
           v->set_zero_blocks(in.U8() % 2 ? in.U8() : in.InterestingU64());
           v->set_kept_blocks(in.U8() % 2 ? in.U8() : in.InterestingU64());
+          v->set_matched_blocks(in.U8() % 2 ? blocks - in.U8() % 2 + in.U8() % 2 : in.InterestingU64());
         }
         return e.SerializeAsString();
       }
@@ -462,6 +505,39 @@ struct Builder {
         for (std::size_t i = 0; i < epochs; ++i) a.add_committed_epochs(in.InterestingU64());
         a.set_bytes_received(in.InterestingU64());
         return a.SerializeAsString();
+      }
+      case FrameType::kReplicaHashes: {
+        proto::ReplicaHashes r;
+        std::uint32_t volume = Volume();
+        std::uint64_t first = First(volume);
+        r.set_volume(volume);
+        r.set_first_block(first);
+        // Whole hashes near the count wanted (or past the frame's cap), and
+        // sometimes a ragged tail that is not a whole hash.
+        std::uint64_t count = Count(first, volume);
+        std::uint64_t hashes = std::min<std::uint64_t>(count, 4097);
+        switch (in.U8() % 8) {
+          case 0: hashes = 0; break;
+          case 1: hashes += 1; break;
+          case 2: hashes = proto::kMaxReplicaHashesPerFrame + (in.U8() & 1); break;
+          default: break;
+        }
+        std::string bytes(hashes * proto::kReplicaHashBytes, '\0');
+        for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>(i * 131 + 7);
+        if (in.U8() % 8 == 0) bytes.append(1 + in.U8() % (proto::kReplicaHashBytes - 1), 'r');
+        r.set_hashes(bytes);
+        return r.SerializeAsString();
+      }
+      case FrameType::kHashCredit: {
+        proto::HashCredit c;
+        std::uint64_t total = 0;
+        for (std::uint32_t i = 0; i < s.volumes.size(); ++i) total += s.BlockCount(i);
+        switch (in.U8() % 4) {
+          case 0: c.set_consumed_blocks(in.InterestingU64()); break;
+          case 1: c.set_consumed_blocks(total + in.U8() % 2); break;  // the edge
+          default: c.set_consumed_blocks(total > 0 ? in.U64() % total : 0); break;
+        }
+        return c.SerializeAsString();
       }
       case FrameType::kError: {
         proto::Error e;
@@ -636,6 +712,28 @@ std::vector<std::vector<std::uint8_t>> SeedInputs() {
                            {FrameType::kKeep, &keep}, {FrameType::kCycleEnd, &end},
                            {FrameType::kError, &error}}));
   seeds.push_back(Seed(3, {{FrameType::kZeroes, &zeroes}, {FrameType::kHello, &hello}}));  // before HELLO
+  // Raw mode: a verify, both directions' frames in one stream (the gate
+  // does not care who sent them): CYCLE_BEGIN with a window, the replica's
+  // hashes, a credit, CYCLE_END with every block matched.
+  proto::CycleBegin verify;
+  verify.set_cycle_id(2);
+  verify.set_mode(proto::CYCLE_MODE_VERIFY);
+  verify.set_hash_window_blocks(2);
+  proto::VolumeCycle* vv = verify.add_volumes();
+  vv->set_block_count(4);
+  proto::ReplicaHashes hashes;
+  hashes.set_hashes(std::string(2 * proto::kReplicaHashBytes, 'h'));
+  proto::HashCredit credit;
+  credit.set_consumed_blocks(2);
+  proto::ReplicaHashes more;
+  more.set_first_block(2);
+  more.set_hashes(std::string(2 * proto::kReplicaHashBytes, 'i'));
+  proto::CycleEnd verified;
+  verified.set_cycle_id(2);
+  verified.add_volumes()->set_matched_blocks(4);
+  seeds.push_back(Seed(1, {{FrameType::kHello, &hello}, {FrameType::kCycleBegin, &verify},
+                           {FrameType::kReplicaHashes, &hashes}, {FrameType::kHashCredit, &credit},
+                           {FrameType::kReplicaHashes, &more}, {FrameType::kCycleEnd, &verified}}));
   // Structured mode: one of each frame type, no mutation, then a few with mutations.
   std::vector<std::uint8_t> structured = Prefix(0);
   for (std::uint8_t t = 0; t < proto::kMaxFrameType; ++t) {

@@ -106,7 +106,8 @@ void ExpectCorruption(const core::Status& s, std::initializer_list<std::string_v
 const FrameType kAllTypes[] = {
     FrameType::kHello, FrameType::kHelloReply, FrameType::kStagedHashes, FrameType::kStagedEnd,
     FrameType::kCycleBegin, FrameType::kBlocks, FrameType::kZeroes, FrameType::kKeep,
-    FrameType::kCycleEnd, FrameType::kAck, FrameType::kError};
+    FrameType::kCycleEnd, FrameType::kAck, FrameType::kError, FrameType::kReplicaHashes,
+    FrameType::kHashCredit};
 
 // ---- header ----
 
@@ -144,7 +145,8 @@ TEST(FrameHeaderTest, BadMagicIsCorruption) {
 }
 
 TEST(FrameHeaderTest, UnknownFrameTypeIsCorruption) {
-  for (unsigned type : {0u, 12u, 200u, 255u}) {
+  static_assert(kMaxFrameType == 13, "a new frame type: extend kAllTypes and these tests");
+  for (unsigned type : {0u, 14u, 200u, 255u}) {
     std::vector<std::byte> h = Header(FrameType::kZeroes, 0, {});
     h[4] = static_cast<std::byte>(type);
     ExpectCorruption(Decode(h, 0).status(), {"unknown frame type " + std::to_string(type)});
@@ -165,9 +167,12 @@ TEST(FrameHeaderTest, BodyLengthOverItsTypesCapIsCorruption) {
   EXPECT_EQ(MaxBodyBytes(FrameType::kBlocks), kMaxBlocksFrameBytes);
   EXPECT_EQ(MaxBodyBytes(FrameType::kStagedHashes), kMaxHashFrameBytes);
   EXPECT_EQ(MaxBodyBytes(FrameType::kKeep), kMaxHashFrameBytes);
+  EXPECT_EQ(MaxBodyBytes(FrameType::kReplicaHashes), kMaxReplicaHashesFrameBytes);
+  EXPECT_EQ(kMaxReplicaHashesFrameBytes, 262208u);  // docs/wire-protocol.md, "Caps"
   for (FrameType type : kAllTypes) {
     std::uint32_t cap = MaxBodyBytes(type);
-    if (type != FrameType::kBlocks && type != FrameType::kStagedHashes && type != FrameType::kKeep) {
+    if (type != FrameType::kBlocks && type != FrameType::kStagedHashes && type != FrameType::kKeep &&
+        type != FrameType::kReplicaHashes) {
       EXPECT_EQ(cap, kMaxSmallFrameBytes) << FrameTypeName(type);
     }
     std::vector<std::byte> h = Header(type, 3, {});
@@ -212,6 +217,71 @@ TEST(FrameExampleTest, ZeroesFrameOfTheSpecificationIsExactlyTheseBytes) {
   std::vector<std::byte> covered(frame.begin(), frame.begin() + 16);
   covered.insert(covered.end(), frame.begin() + kFrameHeaderBytes, frame.end());
   EXPECT_EQ(core::Xxh3_64(covered), 0x1c36aeee1aa657d0ULL);
+}
+
+// The frame `message` becomes as the `sequence`-th frame of a stream.
+std::vector<std::byte> FrameAt(std::uint32_t sequence, FrameType type, const google::protobuf::MessageLite& message) {
+  MemoryStream out;
+  FrameWriter w(out);
+  Hello hello;  // the earlier frames; their content does not matter here
+  for (std::uint32_t i = 0; i < sequence; ++i) EXPECT_TRUE(w.Send(FrameType::kHello, hello).ok());
+  std::size_t start = out.output().size();
+  EXPECT_TRUE(w.Send(type, message).ok());
+  return std::vector<std::byte>(out.output().begin() + static_cast<std::ptrdiff_t>(start), out.output().end());
+}
+
+TEST(FrameExampleTest, HashCreditFrameOfTheSpecificationIsExactlyTheseBytes) {
+  // docs/wire-protocol.md, "Worked example of a verify": the shipper's third
+  // frame (sequence 2), HASH_CREDIT {consumed_blocks 256}.
+  HashCredit credit;
+  credit.set_consumed_blocks(256);
+  std::vector<std::byte> frame = FrameAt(2, FrameType::kHashCredit, credit);
+  EXPECT_EQ(frame, Bytes({0x42, 0x4b, 0x52, 0x46, 0x0d, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
+                          0x02, 0x00, 0x00, 0x00, 0xf6, 0x81, 0x14, 0x7f, 0xb3, 0x13, 0xe2, 0x94,
+                          0x08, 0x80, 0x02}));
+  std::vector<std::byte> covered(frame.begin(), frame.begin() + 16);
+  covered.insert(covered.end(), frame.begin() + kFrameHeaderBytes, frame.end());
+  EXPECT_EQ(core::Xxh3_64(covered), 0x94e213b37f1481f6ULL);
+}
+
+TEST(FrameExampleTest, ReplicaHashesFrameOfTheSpecificationIsExactlyTheseBytes) {
+  // docs/wire-protocol.md, "Worked example of a verify": the receiver's
+  // third frame (sequence 2), REPLICA_HASHES {volume 0, first_block 0, the
+  // xxh3-128 of block 0 of disk0: 65536 zero bytes}.
+  std::vector<std::byte> block(65536);
+  core::Hash128 h = core::Xxh3_128(block);
+  EXPECT_EQ(h.low, 0x33b202d302b65caaULL);
+  EXPECT_EQ(h.high, 0xfd5ee061c8433a0fULL);
+  std::vector<std::byte> hash(kReplicaHashBytes);
+  core::StoreLe64(hash.data(), h.low);
+  core::StoreLe64(hash.data() + 8, h.high);
+  ReplicaHashes m;
+  m.set_volume(0);       // the default: absent from the bytes
+  m.set_first_block(0);  // likewise
+  m.set_hashes(reinterpret_cast<const char*>(hash.data()), hash.size());
+  std::vector<std::byte> frame = FrameAt(2, FrameType::kReplicaHashes, m);
+  EXPECT_EQ(frame, Bytes({0x42, 0x4b, 0x52, 0x46, 0x0c, 0x00, 0x00, 0x00, 0x12, 0x00, 0x00, 0x00,
+                          0x02, 0x00, 0x00, 0x00, 0x2d, 0x1f, 0x75, 0x5a, 0x74, 0xac, 0x10, 0x26,
+                          0x1a, 0x10, 0xaa, 0x5c, 0xb6, 0x02, 0xd3, 0x02, 0xb2, 0x33, 0x0f, 0x3a,
+                          0x43, 0xc8, 0x61, 0xe0, 0x5e, 0xfd}));
+  std::vector<std::byte> covered(frame.begin(), frame.begin() + 16);
+  covered.insert(covered.end(), frame.begin() + kFrameHeaderBytes, frame.end());
+  EXPECT_EQ(core::Xxh3_64(covered), 0x2610ac745a751f2dULL);
+  // The example's session: disk0 and disk1, 64 MiB of 64 KiB blocks each.
+  SessionContext s;
+  for (const char* name : {"disk0", "disk1"}) {
+    VolumeInfo v;
+    v.set_name(name);
+    v.set_size_bytes(64 << 20);
+    v.set_block_size_bytes(65536);
+    s.volumes.push_back(v);
+  }
+  core::Result<Message> back = DecodeFrame(RawFrame{FrameType::kReplicaHashes,
+                                                    std::vector<std::byte>(frame.begin() + kFrameHeaderBytes,
+                                                                           frame.end())},
+                                           s);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(std::get<ReplicaHashes>(*back).hashes().size(), kReplicaHashBytes);
 }
 
 // ---- the reader ----
@@ -478,7 +548,7 @@ TEST(DecodeFrameTest, EveryFrameButHelloAndErrorBeforeHelloIsRejected) {
       ExpectCorruption(s, {FrameTypeName(t), "before the session's HELLO"});
     }
   }
-  ExpectCorruption(DecodeFrame(RawFrame{static_cast<FrameType>(12), {}}, Session()).status(),
+  ExpectCorruption(DecodeFrame(RawFrame{static_cast<FrameType>(kMaxFrameType + 1), {}}, Session()).status(),
                    {"unknown frame type"});
 }
 
@@ -577,7 +647,7 @@ TEST(DecodeFrameTest, CycleBeginIsCheckedAgainstTheSession) {
   CycleBegin c = GoodCycleBegin();
   c.set_cycle_id(0);
   ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c), {"CYCLE_BEGIN", "cycle id 0"});
-  for (int mode : {0, 4, 1000}) {
+  for (int mode : {0, 5, 1000}) {
     c = GoodCycleBegin();
     c.set_mode(static_cast<CycleMode>(mode));
     ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c), {"unknown cycle mode " + std::to_string(mode)});
@@ -734,6 +804,250 @@ TEST(DecodeFrameTest, CycleEndIsCheckedAgainstTheSession) {
     *e2.mutable_volumes(0) = bad;
     ExpectCorruption(DecodeIn(FrameType::kCycleEnd, e2), {"counts exceed volume disk1"});
   }
+}
+
+TEST(DecodeFrameTest, CycleEndMatchedBlocksAreCheckedAgainstTheVolume) {
+  CycleEnd e;
+  e.set_cycle_id(9);
+  VolumeCount* v = e.add_volumes();
+  v->set_volume(1);
+  v->set_data_blocks(2);
+  v->set_matched_blocks(kBlocks1 - 2);
+  EXPECT_TRUE(DecodeIn(FrameType::kCycleEnd, e).ok());
+  v->set_matched_blocks(kBlocks1);  // the sum is the receiver's business, each count is the gate's
+  EXPECT_TRUE(DecodeIn(FrameType::kCycleEnd, e).ok());
+  for (std::uint64_t matched : {kBlocks1 + 1, ~std::uint64_t{0}}) {
+    v->set_matched_blocks(matched);
+    ExpectCorruption(DecodeIn(FrameType::kCycleEnd, e), {"CYCLE_END frame", "counts exceed volume disk1"});
+  }
+}
+
+// ---- comparing cycles: CYCLE_BEGIN's hash window, REPLICA_HASHES, HASH_CREDIT ----
+
+// A resync or verify of both volumes of the session: every block, a window.
+CycleBegin GoodComparingCycleBegin(CycleMode mode) {
+  CycleBegin c;
+  c.set_cycle_id(9);
+  c.set_mode(mode);
+  c.set_hash_window_blocks(1024);
+  const bool verify = mode == CYCLE_MODE_VERIFY;
+  for (std::uint32_t volume : {0u, 1u}) {
+    VolumeCycle* v = c.add_volumes();
+    v->set_volume(volume);
+    v->set_epoch(verify ? 0 : 5);
+    v->set_base_epoch(verify ? 0 : 4);
+    v->set_block_count(volume == 0 ? kBlocks0 : kBlocks1);
+  }
+  return c;
+}
+
+TEST(DecodeFrameTest, ComparingCyclesAreAccepted) {
+  EXPECT_TRUE(DecodeIn(FrameType::kCycleBegin, GoodComparingCycleBegin(CYCLE_MODE_RESYNC)).ok());
+  core::Result<Message> m = DecodeFrame(Raw(FrameType::kCycleBegin, GoodComparingCycleBegin(CYCLE_MODE_VERIFY)),
+                                        Session());
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(std::get<CycleBegin>(*m).mode(), CYCLE_MODE_VERIFY);
+  EXPECT_EQ(std::get<CycleBegin>(*m).hash_window_blocks(), 1024u);
+  // One volume of the session is enough; it is covered whole.
+  CycleBegin c = GoodComparingCycleBegin(CYCLE_MODE_RESYNC);
+  c.mutable_volumes()->RemoveLast();
+  EXPECT_TRUE(DecodeIn(FrameType::kCycleBegin, c).ok());
+}
+
+TEST(DecodeFrameTest, ComparingCycleNeedsAHashWindowOfOneTo2To20Blocks) {
+  for (CycleMode mode : {CYCLE_MODE_RESYNC, CYCLE_MODE_VERIFY}) {
+    SCOPED_TRACE(mode);
+    CycleBegin c = GoodComparingCycleBegin(mode);
+    c.set_hash_window_blocks(0);
+    ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c),
+                     {"CYCLE_BEGIN frame", "hash window of 0 blocks", "comparing cycle"});
+    c.set_hash_window_blocks(kMaxHashWindowBlocks + 1);
+    ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c), {"CYCLE_BEGIN frame", "hash window of 1048577 blocks"});
+    c.set_hash_window_blocks(~std::uint32_t{0});
+    ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c), {"hash window of 4294967295 blocks"});
+    for (std::uint32_t window : {1u, kMaxHashWindowBlocks}) {
+      c.set_hash_window_blocks(window);
+      EXPECT_TRUE(DecodeIn(FrameType::kCycleBegin, c).ok()) << window;
+    }
+  }
+}
+
+TEST(DecodeFrameTest, CycleThatComparesNothingMustNotCarryAHashWindow) {
+  CycleBegin c = GoodCycleBegin();  // incremental
+  c.set_hash_window_blocks(1);
+  ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c),
+                   {"CYCLE_BEGIN frame", "hash window of 1 blocks", "compares nothing"});
+  c.set_mode(CYCLE_MODE_FULL);
+  c.mutable_volumes(0)->set_base_epoch(0);
+  c.mutable_volumes(1)->set_base_epoch(0);
+  c.mutable_volumes(1)->set_block_count(kBlocks0);
+  ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c), {"hash window of 1 blocks", "compares nothing"});
+  c.set_hash_window_blocks(0);
+  EXPECT_TRUE(DecodeIn(FrameType::kCycleBegin, c).ok());
+  c.set_hash_window_blocks(kMaxHashWindowBlocks);
+  ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c), {"hash window of 1048576 blocks", "compares nothing"});
+}
+
+TEST(DecodeFrameTest, VerifyCycleWithAnEpochIsRejected) {
+  for (int field = 0; field < 2; ++field) {
+    CycleBegin c = GoodComparingCycleBegin(CYCLE_MODE_VERIFY);
+    if (field == 0) c.mutable_volumes(1)->set_epoch(5);
+    if (field == 1) c.mutable_volumes(1)->set_base_epoch(4);
+    ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c), {"CYCLE_BEGIN frame", "a verify cycle with an epoch"});
+  }
+}
+
+TEST(DecodeFrameTest, ComparingCycleCoveringFewerOrMoreThanAllBlocksIsRejected) {
+  for (CycleMode mode : {CYCLE_MODE_RESYNC, CYCLE_MODE_VERIFY}) {
+    SCOPED_TRACE(mode);
+    CycleBegin c = GoodComparingCycleBegin(mode);
+    c.mutable_volumes(1)->set_block_count(kBlocks1 - 1);
+    ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c),
+                     {"CYCLE_BEGIN frame", "a comparing cycle covers 255 of the 256 blocks of volume disk1"});
+    c.mutable_volumes(1)->set_block_count(0);
+    ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c), {"covers 0 of the 256 blocks of volume disk1"});
+    c.mutable_volumes(1)->set_block_count(kBlocks1 + 1);
+    ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c), {"CYCLE_BEGIN frame", "volume disk1"});
+  }
+}
+
+TEST(DecodeFrameTest, ResyncBaseEpochMayBeAtOrAfterItsEpoch) {
+  // The base of a resync is the replica's committed epoch, which may come
+  // from a source journal that was since recreated.
+  for (std::uint64_t base : {5u, 6u, 1000u}) {
+    CycleBegin c = GoodComparingCycleBegin(CYCLE_MODE_RESYNC);
+    c.mutable_volumes(0)->set_base_epoch(base);
+    EXPECT_TRUE(DecodeIn(FrameType::kCycleBegin, c).ok()) << base;
+  }
+  // Its epoch is still the source's, never 0.
+  CycleBegin c = GoodComparingCycleBegin(CYCLE_MODE_RESYNC);
+  c.mutable_volumes(0)->set_epoch(0);
+  ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c), {"CYCLE_BEGIN frame", "epoch 0 for volume disk0"});
+  // A full cycle's base stays below its epoch.
+  c = GoodComparingCycleBegin(CYCLE_MODE_RESYNC);
+  c.set_mode(CYCLE_MODE_FULL);
+  c.set_hash_window_blocks(0);
+  c.mutable_volumes(0)->set_base_epoch(5);
+  ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c), {"base epoch not before"});
+}
+
+// `count` xxh3-128 hashes of REPLICA_HASHES, 16 bytes each.
+std::string HashBytes(std::uint64_t count) {
+  std::string out;
+  for (std::uint64_t i = 0; i < count; ++i) {
+    std::vector<std::byte> h(kReplicaHashBytes);
+    core::StoreLe64(h.data(), 0x9E3779B97F4A7C15ULL * (i + 1));
+    core::StoreLe64(h.data() + 8, ~i);
+    out.append(reinterpret_cast<const char*>(h.data()), h.size());
+  }
+  return out;
+}
+
+ReplicaHashes GoodReplicaHashes(std::uint32_t volume, std::uint64_t first_block, std::uint64_t count) {
+  ReplicaHashes m;
+  m.set_volume(volume);
+  m.set_first_block(first_block);
+  m.set_hashes(HashBytes(count));
+  return m;
+}
+
+TEST(DecodeFrameTest, ReplicaHashesRoundTripThroughTheWire) {
+  ReplicaHashes m = GoodReplicaHashes(1, kBlocks1 - 3, 3);  // ends exactly at the end of disk1
+  HashCredit credit;
+  credit.set_consumed_blocks(kBlocks0 + 7);
+  MemoryStream out;
+  FrameWriter w(out);
+  ASSERT_TRUE(w.Send(FrameType::kReplicaHashes, m).ok());
+  ASSERT_TRUE(w.Send(FrameType::kHashCredit, credit).ok());
+  MemoryStream in(out.output());
+  FrameReader r(in);
+  core::Result<Message> got = ReadMessage(r, Session(), {FrameType::kReplicaHashes});
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  const ReplicaHashes& back = std::get<ReplicaHashes>(*got);
+  EXPECT_EQ(back.volume(), 1u);
+  EXPECT_EQ(back.first_block(), kBlocks1 - 3);
+  EXPECT_EQ(back.hashes(), m.hashes());
+  // Block i's hash: bytes [16 i, 16 i + 8) are the low 64 bits, then the high ones.
+  const auto* bytes = reinterpret_cast<const std::byte*>(back.hashes().data());
+  EXPECT_EQ(core::LoadLe64(bytes + 2 * kReplicaHashBytes), 0x9E3779B97F4A7C15ULL * 3);
+  EXPECT_EQ(core::LoadLe64(bytes + 2 * kReplicaHashBytes + 8), ~std::uint64_t{2});
+  got = ReadMessage(r, Session(), {FrameType::kHashCredit});
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(std::get<HashCredit>(*got).consumed_blocks(), kBlocks0 + 7);
+  EXPECT_EQ(r.Next().status().code(), Code::kEndOfData);
+}
+
+TEST(DecodeFrameTest, ReplicaHashesOfAWholeFrameFitItsCap) {
+  // The largest REPLICA_HASHES: 16384 hashes, the largest volume index and
+  // first block a session allows.
+  SessionContext big;
+  for (std::size_t i = 0; i < kMaxVolumes; ++i) {
+    big.volumes.push_back(Volume("v" + std::to_string(i), kMaxVolumeBlocks * 4096, 4096));
+  }
+  ReplicaHashes m = GoodReplicaHashes(kMaxVolumes - 1, kMaxVolumeBlocks - kMaxReplicaHashesPerFrame,
+                                      kMaxReplicaHashesPerFrame);
+  ASSERT_LE(m.ByteSizeLong(), MaxBodyBytes(FrameType::kReplicaHashes));
+  EXPECT_TRUE(DecodeIn(FrameType::kReplicaHashes, m, big).ok());
+  MemoryStream out;
+  FrameWriter w(out);
+  EXPECT_TRUE(w.Send(FrameType::kReplicaHashes, m).ok());
+}
+
+TEST(DecodeFrameTest, ReplicaHashesNotAMultipleOf16BytesAreRejected) {
+  for (std::size_t length : {std::size_t{1}, std::size_t{15}, std::size_t{17}, std::size_t{8 * 16 + 8}}) {
+    ReplicaHashes m = GoodReplicaHashes(1, 0, 9);
+    m.mutable_hashes()->resize(length);
+    ExpectCorruption(DecodeIn(FrameType::kReplicaHashes, m),
+                     {"REPLICA_HASHES frame", std::to_string(length) + " hash bytes, not a multiple of 16"});
+  }
+}
+
+TEST(DecodeFrameTest, ReplicaHashesOfNoneOrMoreThan16384BlocksAreRejected) {
+  ReplicaHashes m = GoodReplicaHashes(1, 0, 0);
+  ExpectCorruption(DecodeIn(FrameType::kReplicaHashes, m), {"REPLICA_HASHES frame", "0 hashes (1 to 16384 allowed)"});
+  SessionContext big;
+  big.volumes.push_back(Volume("big", 1ULL << 40, 4096));
+  m = GoodReplicaHashes(0, 0, kMaxReplicaHashesPerFrame);
+  EXPECT_TRUE(DecodeIn(FrameType::kReplicaHashes, m, big).ok());
+  m = GoodReplicaHashes(0, 0, kMaxReplicaHashesPerFrame + 1);
+  ASSERT_LE(m.ByteSizeLong(), MaxBodyBytes(FrameType::kReplicaHashes));  // the count, not the length cap, rejects it
+  ExpectCorruption(DecodeIn(FrameType::kReplicaHashes, m, big), {"REPLICA_HASHES frame", "16385 hashes"});
+}
+
+TEST(DecodeFrameTest, ReplicaHashesPastTheVolumeAreRejected) {
+  ReplicaHashes m = GoodReplicaHashes(1, kBlocks1 - 3, 4);
+  ExpectCorruption(DecodeIn(FrameType::kReplicaHashes, m),
+                   {"REPLICA_HASHES frame", "blocks [253, +4) lie past the end of volume disk1 (256 blocks)"});
+  m = GoodReplicaHashes(0, kBlocks0, 1);
+  ExpectCorruption(DecodeIn(FrameType::kReplicaHashes, m), {"blocks [161, +1) lie past the end of volume disk0"});
+  m = GoodReplicaHashes(0, ~std::uint64_t{0}, 2);
+  ExpectCorruption(DecodeIn(FrameType::kReplicaHashes, m), {"REPLICA_HASHES frame", "past the end"});
+  m = GoodReplicaHashes(2, 0, 1);
+  ExpectCorruption(DecodeIn(FrameType::kReplicaHashes, m),
+                   {"REPLICA_HASHES frame", "volume index 2 is not one of the 2 volumes"});
+  m = GoodReplicaHashes(0, kBlocks0 - 1, 1);  // the short last block has a hash like any other
+  EXPECT_TRUE(DecodeIn(FrameType::kReplicaHashes, m).ok());
+}
+
+TEST(DecodeFrameTest, HashCreditPastEveryBlockOfTheSessionIsRejected) {
+  HashCredit c;
+  EXPECT_TRUE(DecodeIn(FrameType::kHashCredit, c).ok());  // 0: nothing consumed yet
+  c.set_consumed_blocks(kBlocks0 + kBlocks1);
+  EXPECT_TRUE(DecodeIn(FrameType::kHashCredit, c).ok());
+  c.set_consumed_blocks(kBlocks0 + kBlocks1 + 1);
+  ExpectCorruption(DecodeIn(FrameType::kHashCredit, c),
+                   {"HASH_CREDIT frame", "consumed 418 hashes, the volumes have 417 blocks"});
+  c.set_consumed_blocks(~std::uint64_t{0});
+  ExpectCorruption(DecodeIn(FrameType::kHashCredit, c), {"HASH_CREDIT frame", "consumed 18446744073709551615"});
+}
+
+TEST(DecodeFrameTest, NewFrameTypesHaveTheirNames) {
+  EXPECT_STREQ(FrameTypeName(FrameType::kReplicaHashes), "REPLICA_HASHES");
+  EXPECT_STREQ(FrameTypeName(FrameType::kHashCredit), "HASH_CREDIT");
+  EXPECT_EQ(static_cast<int>(FrameType::kReplicaHashes), 12);
+  EXPECT_EQ(static_cast<int>(FrameType::kHashCredit), 13);
+  EXPECT_EQ(kFeatureChecksumResync, 4u);
+  EXPECT_NE(kKnownFeatures & kFeatureChecksumResync, 0u);
 }
 
 TEST(DecodeFrameTest, AckCarriesOneEpochPerVolume) {
