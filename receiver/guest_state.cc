@@ -16,16 +16,24 @@ using core::Status;
 namespace {
 
 constexpr std::uint32_t kStateMagic = 0x47524B42;  // "BKRG"
-constexpr std::uint32_t kStateVersion = 1;
+// The version written; version 1 (no replica identities) is still read.
+constexpr std::uint32_t kStateVersion = 2;
+constexpr std::uint32_t kStateVersion1 = 1;
 constexpr std::size_t kMaxNameBytes = core::kMaxNameBytes;
 constexpr std::uint32_t kMaxVolumes = 4096;
 constexpr std::uint8_t kMaxMode = proto::CYCLE_MODE_RESYNC;
+constexpr std::uint8_t kMaxReplicaKind = static_cast<std::uint8_t>(ReplicaKind::kBlockDevice);
+
+// Bytes of a volume entry after its name (docs/replica-format.md: 91 in
+// version 1, 116 in version 2).
+constexpr std::uint64_t kVolumeFieldBytesV1 = 91;
+constexpr std::uint64_t kVolumeFieldBytes = kVolumeFieldBytesV1 + 25;
 
 // The largest encoding there can be (docs/replica-format.md: a head of 36 +
-// j bytes, 91 + 2 + n per volume, the checksum), so a state file is never
+// j bytes, 116 + 2 + n per volume, the checksum), so a state file is never
 // read into memory by a size it claims.
 constexpr std::uint64_t kMaxHeadBytes = 36 + kMaxNameBytes;
-constexpr std::uint64_t kMaxVolumeEntryBytes = 91 + 2 + kMaxNameBytes;
+constexpr std::uint64_t kMaxVolumeEntryBytes = kVolumeFieldBytes + 2 + kMaxNameBytes;
 constexpr std::uint64_t kMaxStateFileBytes = kMaxHeadBytes + kMaxVolumes * kMaxVolumeEntryBytes + 8;
 
 Status Bad(std::string_view what) { return Status::Corruption("guest state file: " + std::string(what)); }
@@ -173,6 +181,20 @@ Status CheckVolume(const GuestState& s, std::size_t index, const VolumeState& v)
                std::to_string(v.data_blocks) + ", " + std::to_string(v.zero_blocks) + ", " +
                std::to_string(v.kept_blocks) + ")");
   }
+  const ReplicaIdentity& id = v.replica;
+  const auto kind = static_cast<std::uint8_t>(id.kind);
+  if (kind > kMaxReplicaKind) {
+    return bad("replica_kind " + std::to_string(kind) + " is not 0 to " + std::to_string(kMaxReplicaKind));
+  }
+  // What a kind does not record is 0, so equal files have equal encodings.
+  if (id.kind == ReplicaKind::kUnknown && (id.dev != 0 || id.ino != 0 || id.mtime_ns != 0)) {
+    return bad("replica_dev, replica_ino and replica_mtime_ns must be 0 when replica_kind is 0 (are " +
+               std::to_string(id.dev) + ", " + std::to_string(id.ino) + ", " + std::to_string(id.mtime_ns) + ")");
+  }
+  if (id.kind == ReplicaKind::kBlockDevice && (id.ino != 0 || id.mtime_ns != 0)) {
+    return bad("replica_ino and replica_mtime_ns must be 0 when replica_kind is 2 (a block device; are " +
+               std::to_string(id.ino) + ", " + std::to_string(id.mtime_ns) + ")");
+  }
   return Status::Ok();
 }
 
@@ -218,6 +240,10 @@ std::vector<std::byte> EncodeGuestState(const GuestState& s) {
     w.U64(v.data_blocks);
     w.U64(v.zero_blocks);
     w.U64(v.kept_blocks);
+    w.U8(static_cast<std::uint8_t>(v.replica.kind));
+    w.U64(v.replica.dev);
+    w.U64(v.replica.ino);
+    w.U64(v.replica.mtime_ns);
   }
   w.U64(core::Xxh3_64(out));
   return out;
@@ -256,9 +282,9 @@ Result<GuestState> DecodeGuestState(std::span<const std::byte> bytes) {
   if (core::Xxh3_64(body) != core::LoadLe64(bytes.data() + body.size())) return Bad("checksum mismatch");
   FieldReader r(body);
   if (r.U32("magic") != kStateMagic) return Bad("bad magic");
-  if (std::uint32_t version = r.U32("version"); version != kStateVersion) {
-    return Bad("unknown version " + std::to_string(version));
-  }
+  const std::uint32_t version = r.U32("version");
+  if (version != kStateVersion && version != kStateVersion1) return Bad("unknown version " + std::to_string(version));
+  const std::uint64_t field_bytes = version == kStateVersion1 ? kVolumeFieldBytesV1 : kVolumeFieldBytes;
   GuestState s;
   s.job = r.Name("job");
   s.next_staging_id = r.U64("next_staging_id");
@@ -271,9 +297,9 @@ Result<GuestState> DecodeGuestState(std::span<const std::byte> bytes) {
   if (count > kMaxVolumes) {
     return Bad("volume_count " + std::to_string(count) + " exceeds " + std::to_string(kMaxVolumes));
   }
-  // Every entry takes at least 93 bytes: a count the file cannot hold is
-  // refused before anything is sized by it.
-  if (count > r.remaining() / (kMaxVolumeEntryBytes - kMaxNameBytes)) {
+  // Every entry takes at least 2 + 91 (version 1) or 2 + 116 bytes: a count
+  // the file cannot hold is refused before anything is sized by it.
+  if (count > r.remaining() / (2 + field_bytes)) {
     return Bad("volume_count " + std::to_string(count) + " does not fit in the file");
   }
   s.volumes.reserve(count);
@@ -296,6 +322,14 @@ Result<GuestState> DecodeGuestState(std::span<const std::byte> bytes) {
     v.data_blocks = r.U64("data_blocks");
     v.zero_blocks = r.U64("zero_blocks");
     v.kept_blocks = r.U64("kept_blocks");
+    if (version != kStateVersion1) {
+      // Any byte is a ReplicaKind (its underlying type); ValidateGuestState
+      // refuses the unknown ones.
+      v.replica.kind = static_cast<ReplicaKind>(r.U8("replica_kind"));
+      v.replica.dev = r.U64("replica_dev");
+      v.replica.ino = r.U64("replica_ino");
+      v.replica.mtime_ns = r.U64("replica_mtime_ns");
+    }
     s.volumes.push_back(std::move(v));
   }
   BLKREP_RETURN_IF_ERROR(r.status());

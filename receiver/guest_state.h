@@ -40,6 +40,27 @@ struct StagingInfo {
   std::uint32_t block_size_bytes = 0;
 };
 
+// Which file the replica NAME.img was when the state was written: what
+// tells the replica the receiver committed to from a file put in its place
+// behind the receiver's back (a copy renamed over it, an older image copied
+// onto it, another device behind the symlink). docs/replica-format.md,
+// "Replica identity", says what each kind records and when it is compared.
+enum class ReplicaKind : std::uint8_t {
+  kUnknown = 0,      // not recorded (never committed, or a version 1 state file)
+  kRegularFile = 1,  // dev = st_dev, ino = st_ino, mtime_ns = st_mtim
+  kBlockDevice = 2,  // dev = st_rdev of the device (behind a symlink too); ino = mtime_ns = 0
+};
+
+struct ReplicaIdentity {
+  ReplicaKind kind = ReplicaKind::kUnknown;
+  std::uint64_t dev = 0;
+  std::uint64_t ino = 0;
+  std::uint64_t mtime_ns = 0;  // nanoseconds since the epoch, modulo 2^64
+
+  bool known() const { return kind != ReplicaKind::kUnknown; }
+  bool operator==(const ReplicaIdentity&) const = default;
+};
+
 struct VolumeState {
   std::string name;
   std::uint64_t size_bytes = 0;  // the volume size of the last cycle begun on it
@@ -57,6 +78,11 @@ struct VolumeState {
   std::uint64_t data_blocks = 0;
   std::uint64_t zero_blocks = 0;
   std::uint64_t kept_blocks = 0;
+  // The replica file the fields above are about: recorded at CYCLE_BEGIN
+  // (as the HELLO found it; unknown for a replica the cycle creates), at the
+  // commit point (the file the cycle wrote, or will apply to) and at the
+  // commit (after the apply wrote it).
+  ReplicaIdentity replica;
 };
 
 struct GuestState {
@@ -76,17 +102,20 @@ struct GuestState {
   const VolumeState* Find(const std::string& name) const;
 };
 
+// Always the current version, 2.
 std::vector<std::byte> EncodeGuestState(const GuestState& state);
 // The one gate for a state file's bytes: kCorruption ("guest state file:
-// ..." naming the field) when they are not a state file of this version
+// ..." naming the field) when they are not a state file of version 1 or 2
 // (size, checksum, magic, version, lengths, bools other than 0 or 1,
-// trailing bytes) or when the state fails ValidateGuestState. What it
-// returns can size memory and name paths without further checks.
+// trailing bytes) or when the state fails ValidateGuestState. A version 1
+// file has no replica identities: they decode as unknown. What it returns
+// can size memory and name paths without further checks.
 core::Result<GuestState> DecodeGuestState(std::span<const std::byte> bytes);
 // kCorruption naming the first field of `state` that the receiver could not
 // have written (docs/replica-format.md, "Reading"): names, geometry inside
 // the wire's caps, mode, staging ids, cycle fields and counts consistent
-// with each other. Every state the receiver writes passes it.
+// with each other, replica identities of a known kind. Every state the
+// receiver writes passes it.
 core::Status ValidateGuestState(const GuestState& state);
 
 // The state of the guest whose directory is `guest_dir`; an empty state when

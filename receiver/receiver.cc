@@ -54,10 +54,47 @@ const char* ModeName(int mode) {
   }
 }
 
+// The identity (guest_state.h) of the file `st` describes: a regular file
+// by device, inode and modification time, a block device by its device
+// number only (docs/replica-format.md, "Replica identity").
+ReplicaIdentity IdentityOf(const struct stat& st) {
+  ReplicaIdentity id;
+  if (S_ISREG(st.st_mode)) {
+    id.kind = ReplicaKind::kRegularFile;
+    id.dev = static_cast<std::uint64_t>(st.st_dev);
+    id.ino = static_cast<std::uint64_t>(st.st_ino);
+    id.mtime_ns = static_cast<std::uint64_t>(st.st_mtim.tv_sec) * 1000000000U +
+                  static_cast<std::uint64_t>(st.st_mtim.tv_nsec);
+  } else if (S_ISBLK(st.st_mode)) {
+    id.kind = ReplicaKind::kBlockDevice;
+    id.dev = static_cast<std::uint64_t>(st.st_rdev);
+  }
+  return id;
+}
+
+// The identity of the file `replica` has open (not of what its path names
+// now: the file the cycle wrote is the one to record).
+Result<ReplicaIdentity> IdentityOfOpen(const core::FileBlockDevice& replica) {
+  struct stat st{};
+  if (::fstat(replica.fd(), &st) != 0) return core::ErrnoStatus(errno, "fstat replica " + replica.path());
+  return IdentityOf(st);
+}
+
+// Whether `now` is the same file as `recorded` (a known identity): same
+// kind and device, and for a regular file the same inode and, when
+// `compare_mtime`, the same modification time. The receiver's own writes to
+// a replica that holds no complete cycle (in place, not yet committed) move
+// its mtime; there only the file itself is compared.
+bool SameReplica(const ReplicaIdentity& recorded, const ReplicaIdentity& now, bool compare_mtime) {
+  if (recorded.kind != now.kind || recorded.dev != now.dev || recorded.ino != now.ino) return false;
+  return !compare_mtime || recorded.mtime_ns == now.mtime_ns;
+}
+
 struct ReplicaProbe {
   bool exists = false;
   bool is_block_device = false;
   std::uint64_t size_bytes = 0;
+  ReplicaIdentity identity;  // when it exists
 };
 
 Result<ReplicaProbe> ProbeReplica(const std::string& path) {
@@ -68,6 +105,7 @@ Result<ReplicaProbe> ProbeReplica(const std::string& path) {
   }
   ReplicaProbe probe;
   probe.exists = true;
+  probe.identity = IdentityOf(st);
   if (S_ISREG(st.st_mode)) {
     probe.size_bytes = static_cast<std::uint64_t>(st.st_size);
   } else if (S_ISBLK(st.st_mode)) {
@@ -108,6 +146,10 @@ struct VolumeSession {
   // What HELLO_REPLY said.
   std::uint64_t reported_committed_epoch = 0;
   bool reported_incomplete = false;
+  // The replica is not the file the state describes (HELLO_REPLY's
+  // `replaced`): its committed epoch was reported as 0 and its staging
+  // was not offered.
+  bool replaced = false;
   // The usable staging of an earlier attempt (staging files open).
   std::unique_ptr<StagingFiles> staging;
   StagedBlocks candidates;
@@ -130,6 +172,8 @@ class Session {
   Status Run();
   // The session stopped at a crash_hook point: no cleanup, no ERROR frame.
   bool crashed() const { return crashed_; }
+  // The session's ERROR frame went out already (from the replica hasher).
+  bool error_sent() const { return error_sent_; }
   std::uint64_t bytes_received() const { return reader_.bytes_received(); }
   void SendError(const Status& status);
 
@@ -173,6 +217,7 @@ class Session {
   proto::SessionContext context_;
   core::FileSystem& fs_ = core::PosixFileSystemInstance();
   bool crashed_ = false;
+  bool error_sent_ = false;
 
   std::string guest_;
   std::string job_;
@@ -244,6 +289,7 @@ Status Session::Run() {
     hasher_->Stop();
     Status hashed = hasher_->Finish();
     if (!hashed.ok() && hashed.code() != core::Code::kAborted) s = hashed;
+    error_sent_ = hasher_->sent_error();
     hasher_.reset();
   }
   BLKREP_RETURN_IF_ERROR(s);
@@ -296,8 +342,15 @@ Status Session::Handshake(const proto::Hello& hello) {
     BLKREP_ASSIGN_OR_RETURN(v.probe, ProbeReplica(v.replica_path));
     const VolumeState* vs = state_.Find(v.info->name());
     if (vs == nullptr || !job_matches_ || !v.probe.exists) continue;
-    v.reported_committed_epoch = vs->committed_epoch;
     v.reported_incomplete = vs->incomplete;
+    if (vs->replica.known() && !SameReplica(vs->replica, v.probe.identity, /*compare_mtime=*/!vs->incomplete)) {
+      // Replaced or changed behind our back: whatever the state says about
+      // the replica, and what an earlier attempt staged for it, is about
+      // another file.
+      v.replaced = true;
+      continue;
+    }
+    v.reported_committed_epoch = vs->committed_epoch;
     if ((features_ & proto::kFeatureResume) != 0 && vs->staging.staging_id != 0) {
       BLKREP_RETURN_IF_ERROR(LoadStaging(v, *vs));
     }
@@ -346,6 +399,7 @@ Status Session::SendReplicaState() {
     r->set_size_bytes(v.probe.size_bytes);
     r->set_committed_epoch(v.reported_committed_epoch);
     r->set_incomplete(v.reported_incomplete);
+    r->set_replaced(v.replaced);
     if (v.staging != nullptr && v.candidates.size() > 0) {
       const VolumeState* vs = state_.Find(v.info->name());
       r->set_staged_base_epoch(vs->staging.base_epoch);
@@ -486,6 +540,12 @@ Status Session::BeginCycle(const proto::CycleBegin& begin) {
       vs.size_bytes = v.info->size_bytes();
       vs.block_size_bytes = v.info->block_size_bytes();
     }
+    // From now on the state is about the replica the HELLO found (a missing
+    // one is created below, and recorded at the commit point). It vouches
+    // for no epoch of a replaced one: a cycle cut off from here on must
+    // not leave its old epoch paired with the new file.
+    if (v.replaced) vs.committed_epoch = 0;
+    vs.replica = v.probe.exists ? v.probe.identity : ReplicaIdentity{};
   }
   for (VolumeState& vs : state_.volumes) {
     if (!vs.in_cycle && vs.staging.staging_id != 0) {
@@ -509,6 +569,13 @@ Status Session::BeginCycle(const proto::CycleBegin& begin) {
       return Status::Internal("replica " + v.replica_path + " shrank to " + std::to_string(v.replica->SizeBytes()) +
                               " bytes");
     }
+    if (v.probe.exists) {
+      BLKREP_ASSIGN_OR_RETURN(ReplicaIdentity opened, IdentityOfOpen(*v.replica));
+      if (!SameReplica(v.probe.identity, opened, /*compare_mtime=*/false)) {
+        return Status::Aborted("replica " + v.replica_path + " was replaced while cycle " + std::to_string(cycle_id_) +
+                               " began");
+      }
+    }
   }
   if ((features_ & proto::kFeatureZstd) != 0) dctx_.reset(ZSTD_createDCtx());
   if (compares_) StartHasher(begin);
@@ -516,6 +583,9 @@ Status Session::BeginCycle(const proto::CycleBegin& begin) {
 }
 
 Status Session::BeginVerify(const proto::CycleBegin& begin) {
+  if (!job_matches_) {
+    return Status::NotFound("the replicas of guest " + guest_ + " belong to job " + state_.job + ", not " + job_);
+  }
   for (const proto::VolumeCycle& vc : begin.volumes()) {
     VolumeSession& v = volumes_[vc.volume()];
     const std::string& name = v.info->name();
@@ -799,7 +869,13 @@ Status Session::OnCycleEnd(const proto::CycleEnd& m) {
     }
   }
   if (hasher_ != nullptr) {
-    // The shipper compared every block, so every hash was sent.
+    // The shipper compared every block, so it must have let every hash be
+    // sent; else the hasher would wait for credit forever.
+    if (hasher_->credited() + hasher_->window_blocks() < hasher_->total_blocks()) {
+      return Status::Corruption(what + "before the shipper granted credit for all " +
+                                std::to_string(hasher_->total_blocks()) + " hashes (" +
+                                std::to_string(hasher_->credited()) + " consumed)");
+    }
     Status hashed = hasher_->Finish();
     hasher_.reset();
     BLKREP_RETURN_IF_ERROR(hashed);
@@ -844,6 +920,9 @@ Status Session::Commit() {
     vs.kept_blocks = v.kept_blocks;
     vs.size_bytes = v.info->size_bytes();
     vs.block_size_bytes = v.info->block_size_bytes();
+    // The file this cycle wrote in place or is to be applied to, so a later
+    // session that redoes the apply finds out if it was replaced since.
+    BLKREP_ASSIGN_OR_RETURN(vs.replica, IdentityOfOpen(*v.replica));
   }
   state_.apply_pending = true;
   BLKREP_RETURN_IF_ERROR(WriteGuestStateFile(fs_, guest_dir_, state_));
@@ -930,7 +1009,23 @@ Status Session::ApplyVolume(VolumeState& vs, StagingFiles* open_staging, core::F
     open_replica = own_replica.get();
   }
   core::FileBlockDevice& replica = *open_replica;
-  if (vs.staging.in_place) return replica.Flush();  // the cycle is in the replica already
+  if (own_replica != nullptr && vs.replica.known()) {
+    // A later session redoing the apply: the replica must still be the file
+    // the cycle was received for (its mtime may have moved by a partial
+    // apply). Else the staging is for another file: the replica is
+    // incomplete, and the next cycle compares or copies it whole.
+    BLKREP_ASSIGN_OR_RETURN(ReplicaIdentity now, IdentityOfOpen(replica));
+    if (!SameReplica(vs.replica, now, /*compare_mtime=*/false)) {
+      return Status::Corruption("replica " + path + " is not the file cycle " + std::to_string(state_.cycle_id) +
+                                " was received for (replaced)");
+    }
+  }
+  if (vs.staging.in_place) {
+    // The cycle is in the replica already.
+    BLKREP_RETURN_IF_ERROR(replica.Flush());
+    BLKREP_ASSIGN_OR_RETURN(vs.replica, IdentityOfOpen(replica));
+    return Status::Ok();
+  }
 
   const std::string what = "staging of volume " + vs.name;
   const std::uint32_t bs = vs.staging.block_size_bytes;
@@ -1033,7 +1128,10 @@ Status Session::ApplyVolume(VolumeState& vs, StagingFiles* open_staging, core::F
                               std::to_string(vs.data_blocks) + ", " + std::to_string(vs.zero_blocks) + ", " +
                               std::to_string(vs.kept_blocks));
   }
-  return replica.Flush();
+  BLKREP_RETURN_IF_ERROR(replica.Flush());
+  // Recorded with the commit: the mtime after the apply's last write.
+  BLKREP_ASSIGN_OR_RETURN(vs.replica, IdentityOfOpen(replica));
+  return Status::Ok();
 }
 
 }  // namespace
@@ -1043,7 +1141,7 @@ Status ServeSession(proto::Stream& stream, const ReceiverOptions& options, Sessi
   Session session(stream, options, report);
   Status status = session.Run();
   if (report != nullptr) report->bytes_received = session.bytes_received();
-  if (!status.ok() && !session.crashed()) session.SendError(status);
+  if (!status.ok() && !session.crashed() && !session.error_sent()) session.SendError(status);
   stream.CloseWrite();
   return status;
 }

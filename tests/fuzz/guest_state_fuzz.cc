@@ -7,23 +7,26 @@
 //   structured: a recipe for a GuestState that the receiver could have
 //               written (a cycle or none, apply pending or not, 0-4 volumes
 //               with geometries inside the wire's caps and consistent
-//               staging, cycle and count fields), then up to 3 field
-//               mutations (a field set to an edge value: 0, 1, 2, caps and
-//               one past them, all ones), encoded, then optionally the bytes
-//               mutated (a byte set, a bit flipped, cut, bytes appended) and
-//               the checksum recomputed (mostly), so the fuzzer reaches the
-//               field checks behind the checksum.
+//               staging, cycle and count fields, replica identities of each
+//               kind), then up to 3 field mutations (a field set to an edge
+//               value: 0, 1, 2, caps and one past them, all ones), encoded
+//               as version 2 or (sometimes) version 1, then optionally the
+//               bytes mutated (a byte set, a bit flipped, cut, bytes
+//               appended) and the checksum recomputed (mostly), so the
+//               fuzzer reaches the field checks behind the checksum.
 // Invariants:
 //   - DecodeGuestState fails only with kCorruption, one line, starting
 //     "guest state file: "; ReadGuestStateFile gives the same verdict;
 //   - what it accepts keeps the gate's promises, re-checked here
 //     independently: names, geometry inside the wire's caps, bools, mode,
-//     staging ids, cycle and count fields; so nothing sized from it (a
-//     bitmap of the staging's blocks) exceeds 2^48 blocks;
+//     staging ids, cycle and count fields, replica identities; so nothing
+//     sized from it (a bitmap of the staging's blocks) exceeds 2^48 blocks;
 //   - it accepts exactly the canonical encodings: re-encoding what it
-//     returns gives the input bytes back;
+//     returns gives the input bytes back (as version 1 for a version 1
+//     input, whose replica identities are all unknown);
 //   - a structured state without byte mutations is accepted exactly when
-//     ValidateGuestState accepts it, and comes back equal.
+//     ValidateGuestState accepts it, and comes back equal (without its
+//     replica identities, when encoded as version 1).
 #include <algorithm>
 #include <cstring>
 #include <set>
@@ -42,6 +45,8 @@ namespace {
 
 using core::Code;
 using receiver::GuestState;
+using receiver::ReplicaIdentity;
+using receiver::ReplicaKind;
 using receiver::VolumeState;
 
 constexpr std::uint64_t kMaxVolumeBytes = std::uint64_t{1} << 60;
@@ -88,23 +93,69 @@ void CheckAccepted(const GuestState& s) {
       BLKREP_FUZZ_CHECK(blocks <= (std::uint64_t{1} << 48), "accepted a staging of more than 2^48 blocks");
     }
     if (v.in_cycle) {
+      // A resync (3) may be staged or in place, and its base is the
+      // replica's epoch, whatever the cycle's.
+      const bool resync = s.mode == 3;
       BLKREP_FUZZ_CHECK(s.cycle_id != 0 && st.staging_id != 0, "accepted in_cycle without a cycle or a staging");
-      BLKREP_FUZZ_CHECK(v.cycle_epoch >= 1 && st.base_epoch < v.cycle_epoch, "accepted bad cycle epochs");
+      BLKREP_FUZZ_CHECK(v.cycle_epoch >= 1 && (resync || st.base_epoch < v.cycle_epoch), "accepted bad cycle epochs");
       std::uint64_t blocks = (st.volume_size_bytes + st.block_size_bytes - 1) / st.block_size_bytes;
       BLKREP_FUZZ_CHECK(v.cycle_block_count <= blocks, "accepted a cycle of more blocks than the volume has");
-      BLKREP_FUZZ_CHECK(st.in_place == (s.mode != 2), "accepted staging_in_place against the mode");
+      BLKREP_FUZZ_CHECK(resync || st.in_place == (s.mode != 2), "accepted staging_in_place against the mode");
       BLKREP_FUZZ_CHECK(!st.in_place || v.incomplete, "accepted an in-place cycle on a complete replica");
     }
     if (s.apply_pending && v.in_cycle) {
       BLKREP_FUZZ_CHECK(st.volume_size_bytes == v.size_bytes && st.block_size_bytes == v.block_size_bytes,
                         "accepted a validated cycle whose staging geometry differs from the volume's");
       unsigned __int128 sum = static_cast<unsigned __int128>(v.data_blocks) + v.zero_blocks + v.kept_blocks;
-      BLKREP_FUZZ_CHECK(sum == v.cycle_block_count, "accepted counts that do not add up to the cycle");
+      if (s.mode == 3) {
+        BLKREP_FUZZ_CHECK(sum <= v.cycle_block_count, "accepted resync counts beyond the cycle");
+      } else {
+        BLKREP_FUZZ_CHECK(sum == v.cycle_block_count, "accepted counts that do not add up to the cycle");
+      }
     } else {
       BLKREP_FUZZ_CHECK(v.data_blocks == 0 && v.zero_blocks == 0 && v.kept_blocks == 0,
                         "accepted counts outside an apply-pending cycle");
     }
+    const ReplicaIdentity& id = v.replica;
+    switch (static_cast<std::uint8_t>(id.kind)) {
+      case 0:
+        BLKREP_FUZZ_CHECK(id.dev == 0 && id.ino == 0 && id.mtime_ns == 0, "accepted an unknown replica with fields");
+        break;
+      case 1: break;
+      case 2:
+        BLKREP_FUZZ_CHECK(id.ino == 0 && id.mtime_ns == 0, "accepted a block device replica with inode or mtime");
+        break;
+      default: BLKREP_FUZZ_CHECK(false, "accepted an unknown replica_kind");
+    }
   }
+}
+
+// The version 1 encoding of `s` (docs/replica-format.md, "Versions"): the
+// version 2 one without the last 25 bytes of each volume entry.
+std::vector<std::byte> EncodeVersion1(const GuestState& s) {
+  std::vector<std::byte> v2 = receiver::EncodeGuestState(s);
+  std::vector<std::byte> out;
+  auto copy = [&](std::size_t from, std::size_t n) { out.insert(out.end(), v2.begin() + from, v2.begin() + from + n); };
+  auto le16 = [&](std::size_t at) {
+    return static_cast<std::size_t>(v2[at]) | static_cast<std::size_t>(v2[at + 1]) << 8;
+  };
+  const std::size_t head = 8 + 2 + le16(8) + 8 + 4 + 8 + 1 + 1 + 4;
+  copy(0, head);
+  std::size_t at = head;
+  for (std::size_t i = 0; i < s.volumes.size(); ++i) {
+    std::size_t entry = 2 + le16(at) + 91;
+    copy(at, entry);
+    at += entry + 25;
+  }
+  core::StoreLe32(out.data() + 4, 1);
+  std::uint64_t sum = core::Xxh3_64(out);
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::byte>(sum >> (8 * i)));
+  return out;
+}
+
+GuestState WithoutReplicaIdentities(GuestState s) {
+  for (VolumeState& v : s.volumes) v.replica = ReplicaIdentity{};
+  return s;
 }
 
 bool SameState(const GuestState& a, const GuestState& b) {
@@ -131,7 +182,14 @@ bool DecodeAndCheck(std::span<const std::byte> bytes) {
   }
   CheckAccepted(*s);
   BLKREP_FUZZ_CHECK(receiver::ValidateGuestState(*s).ok(), "decoded a state ValidateGuestState refuses");
-  std::vector<std::byte> again = receiver::EncodeGuestState(*s);
+  const std::uint32_t version = core::LoadLe32(bytes.data() + 4);
+  BLKREP_FUZZ_CHECK(version == 1 || version == 2, "accepted version " + std::to_string(version));
+  if (version == 1) {
+    for (const VolumeState& v : s->volumes) {
+      BLKREP_FUZZ_CHECK(!v.replica.known(), "a version 1 file gave a replica identity");
+    }
+  }
+  std::vector<std::byte> again = version == 1 ? EncodeVersion1(*s) : receiver::EncodeGuestState(*s);
   BLKREP_FUZZ_CHECK(again.size() == bytes.size() && std::equal(again.begin(), again.end(), bytes.begin()),
                     "accepted a non-canonical encoding");
   BLKREP_FUZZ_CHECK(SameState(*f, *s), "ReadGuestStateFile returned another state");
@@ -173,6 +231,25 @@ Geometry PickGeometry(InputReader& in) {
 }
 
 std::uint64_t BlocksOf(const Geometry& g) { return (g.size + g.bs - 1) / g.bs; }
+
+// A replica identity the receiver could have recorded.
+ReplicaIdentity PlausibleIdentity(InputReader& in) {
+  ReplicaIdentity id;
+  switch (in.U8() % 3) {
+    case 1:
+      id.kind = ReplicaKind::kRegularFile;
+      id.dev = in.InterestingU64();
+      id.ino = in.InterestingU64();
+      id.mtime_ns = in.U64();
+      break;
+    case 2:
+      id.kind = ReplicaKind::kBlockDevice;
+      id.dev = in.InterestingU64();
+      break;
+    default: break;
+  }
+  return id;
+}
 
 // A state the receiver could have written.
 GuestState Plausible(InputReader& in) {
@@ -233,6 +310,7 @@ GuestState Plausible(InputReader& in) {
       v.cycle_epoch = in.U8();  // stale cycle fields
       v.cycle_block_count = in.U8();
     }
+    v.replica = PlausibleIdentity(in);
     s.volumes.push_back(std::move(v));
   }
   return s;
@@ -241,7 +319,7 @@ GuestState Plausible(InputReader& in) {
 // Sets one field to an edge value (it may stay valid).
 void MutateField(InputReader& in, GuestState& s) {
   std::uint64_t x = in.InterestingU64();
-  std::uint8_t field = in.U8() % 26;
+  std::uint8_t field = in.U8() % 30;
   if (field < 7 || s.volumes.empty()) {
     switch (field % 7) {
       case 0: s.job = PickName(in, 0); break;
@@ -274,6 +352,10 @@ void MutateField(InputReader& in, GuestState& s) {
     case 15: v.kept_blocks = x; break;
     case 16: v.block_size_bytes = kMinBlockBytes << (in.U8() % 10); break;  // one step past the cap too
     case 17: v.staging.volume_size_bytes = kMaxVolumeBytes + in.U8() % 2; break;
+    case 18: v.replica.kind = static_cast<ReplicaKind>(x); break;
+    case 19: v.replica.dev = x; break;
+    case 20: v.replica.ino = x; break;
+    case 21: v.replica.mtime_ns = x; break;
     default: s.volumes.push_back(s.volumes.front()); break;  // a duplicate name
   }
 }
@@ -288,7 +370,10 @@ void Structured(InputReader& in) {
   GuestState s = Plausible(in);
   int mutations = in.U8() % 4;
   for (int i = 0; i < mutations; ++i) MutateField(in, s);
-  std::vector<std::byte> bytes = receiver::EncodeGuestState(s);
+  // Sometimes as a version 1 file, which has no replica identities.
+  const bool version1 = in.U8() % 8 == 1;
+  if (version1) s = WithoutReplicaIdentities(std::move(s));
+  std::vector<std::byte> bytes = version1 ? EncodeVersion1(s) : receiver::EncodeGuestState(s);
   std::uint8_t how = in.U8();
   bool byte_mutated = false;
   switch (how % 8) {
@@ -345,9 +430,15 @@ std::vector<std::vector<std::uint8_t>> SeedInputs() {
   v.cycle_block_count = 12;
   v.data_blocks = 2;
   v.zero_blocks = 10;
+  v.replica = {ReplicaKind::kRegularFile, 0xfd01, 0xc0013, 0x17d78fe5d37acd15};
   s.volumes.push_back(v);
   std::vector<std::uint8_t> raw = {1};
   std::vector<std::uint8_t> example = ToU8(receiver::EncodeGuestState(s));
+  raw.insert(raw.end(), example.begin(), example.end());
+  seeds.push_back(raw);
+  // The same as version 1 wrote it.
+  raw = {1};
+  example = ToU8(EncodeVersion1(s));
   raw.insert(raw.end(), example.begin(), example.end());
   seeds.push_back(raw);
   // Structured: a few recipes, with and without mutations.

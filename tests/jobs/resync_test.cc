@@ -390,3 +390,56 @@ TEST(ResyncTest, AVolumeWrittenWhileUntrackedIsResyncedExactlyAndAResizedOneToo)
 
 }  // namespace
 }  // namespace blkrep::jobs::test
+
+namespace blkrep::jobs::test {
+namespace {
+
+// The replica file replaced behind the receiver's back by a copy of itself
+// with one block altered (same size, another inode): an incremental cycle
+// would go onto the wrong base without anyone noticing. The receiver must
+// report the replica replaced, the run resync it, and only the altered
+// block travel.
+TEST(ResyncTest, AReplicaReplacedByAnAlteredCopyIsResyncedAndNotUpdatedIncrementally) {
+  BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
+  Rig rig;
+  rig.AddVolume("disk0", 1 * kMiB);
+  ASSERT_TRUE(rig.StartTracker());
+  ASSERT_TRUE(rig.QemuIo(qemu_io, "disk0", {"write -P 0x51 0 1M"}));
+  ASSERT_TRUE(rig.AddLocalTarget("local"));
+  ASSERT_TRUE(rig.CreateJob("vm100-1", "local"));
+  ASSERT_EQ(rig.Run("vm100-1")["mode"], "full");
+
+  const std::string replica = rig.ReplicaPath("disk0");
+  struct stat before{};
+  ASSERT_EQ(::stat(replica.c_str(), &before), 0);
+  std::vector<std::uint8_t> copy = ReadAll(replica);
+  ASSERT_EQ(copy.size(), 1 * kMiB);
+  std::fill_n(copy.begin() + 77 * kBlockBytes, kBlockBytes, std::uint8_t{0xEE});
+  const std::string fresh = replica + ".restored";
+  {
+    std::ofstream out(fresh, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(copy.data()), static_cast<std::streamsize>(copy.size()));
+    ASSERT_TRUE(out.good());
+  }
+  ASSERT_EQ(::rename(fresh.c_str(), replica.c_str()), 0);
+  struct stat after{};
+  ASSERT_EQ(::stat(replica.c_str(), &after), 0);
+  ASSERT_NE(after.st_ino, before.st_ino) << "the copy must be another file";
+
+  json r = rig.Run("vm100-1");
+  EXPECT_EQ(r["mode"], "resync") << r.dump();
+  EXPECT_EQ(r["blocks_sent"], 1) << r.dump();
+  rig.ExpectReplicasEqualSources();
+  EXPECT_EQ(rig.Status("vm100-1")["state"], "ok");
+
+  // The resync's commit recorded the new file: the next cycle is an
+  // incremental onto it again.
+  ASSERT_TRUE(rig.QemuIo(qemu_io, "disk0", {"write -P 0x52 8K 4K"}));
+  json next = rig.Run("vm100-1");
+  EXPECT_EQ(next["mode"], "incremental") << next.dump();
+  EXPECT_EQ(next["blocks_sent"], 1) << next.dump();
+  rig.ExpectReplicasEqualSources();
+}
+
+}  // namespace
+}  // namespace blkrep::jobs::test

@@ -52,7 +52,8 @@ constexpr std::size_t kMagic = 0x00, kVersion = 0x04, kJobLength = 0x08, kJob = 
                       kNameLength = 0x2b, kName = 0x2d, kSizeBytes = 0x32, kBlockSize = 0x3a, kIncomplete = 0x46,
                       kStagingId = 0x47, kInPlace = 0x4f, kBaseEpoch = 0x50, kStagingSize = 0x58,
                       kStagingBlockSize = 0x60, kInCycle = 0x64, kCycleEpoch = 0x65, kCycleBlockCount = 0x6d,
-                      kDataBlocks = 0x75, kZeroBlocks = 0x7d, kKeptBlocks = 0x85, kChecksum = 0x8d;
+                      kDataBlocks = 0x75, kZeroBlocks = 0x7d, kKeptBlocks = 0x85, kReplicaKind = 0x8d,
+                      kReplicaDev = 0x8e, kReplicaIno = 0x96, kReplicaMtime = 0x9e, kChecksum = 0xa6;
 }  // namespace off
 
 // Reads the frames a receiver wrote.
@@ -104,7 +105,7 @@ class ReceiverDecoderTest : public ::testing::Test, public ExampleFrames {
     options_.replica_dir = dir_.path() + "/replicas";
     RunWorkedExample(options_);  // worked_example.h
     state_ = ReadFile(StatePath());
-    ASSERT_EQ(state_.size(), 149u);
+    ASSERT_EQ(state_.size(), 174u);
     index_ = ReadFile(GuestDir() + "/.staging/disk0.index");
     ASSERT_EQ(index_.size(), 144u);
   }
@@ -176,7 +177,8 @@ TEST_F(ReceiverDecoderTest, EveryFieldOutOfRangeIsCorruptionNamingTheField) {
   const std::uint64_t kPastMaxVolume = (std::uint64_t{1} << 60) + 1;
   const FieldCase cases[] = {
       {"magic", off::kMagic, 4, 0x47524B43},
-      {"version", off::kVersion, 4, 2},
+      {"version", off::kVersion, 4, 3},
+      {"version", off::kVersion, 4, 0},
       {"job", off::kJobLength, 2, 65},
       {"job", off::kJob + 2, 1, '/'},
       {"job", off::kJob, 1, '.'},
@@ -232,6 +234,10 @@ TEST_F(ReceiverDecoderTest, EveryFieldOutOfRangeIsCorruptionNamingTheField) {
       {"zero_blocks", off::kZeroBlocks, 8, kAllOnes - 1},
       {"kept_blocks", off::kKeptBlocks, 8, 1},
       {"kept_blocks", off::kKeptBlocks, 8, kAllOnes},
+      {"replica_kind", off::kReplicaKind, 1, 3},
+      {"replica_kind", off::kReplicaKind, 1, 255},
+      {"replica_dev", off::kReplicaKind, 1, 0},  // unknown, but the file's device and inode are there
+      {"replica_ino", off::kReplicaKind, 1, 2},  // a block device has no inode recorded
   };
   for (const FieldCase& c : cases) {
     SCOPED_TRACE(std::string(c.field) + " = " + std::to_string(c.value));
@@ -287,13 +293,13 @@ TEST_F(ReceiverDecoderTest, TruncatedStateNamesTheMissingField) {
     FixStateChecksum(bytes);
     return DecodeGuestState(bytes).status();
   };
-  // Inside the last field: every volume entry takes at least 93 bytes, and
-  // 93 are there.
-  Status s = cut(off::kKeptBlocks + 3);
+  // Inside the last field: every volume entry takes at least 118 bytes, and
+  // 118 are there.
+  Status s = cut(off::kReplicaMtime + 3);
   EXPECT_EQ(s.code(), Code::kCorruption);
-  EXPECT_NE(s.message().find("volume 0: kept_blocks is missing"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("volume 0: replica_mtime_ns is missing"), std::string::npos) << s.message();
   // Fewer: the count is refused before any entry is read.
-  s = cut(off::kDataBlocks + 3);
+  s = cut(off::kReplicaIno + 3);
   EXPECT_EQ(s.code(), Code::kCorruption);
   EXPECT_NE(s.message().find("volume_count 1 does not fit in the file"), std::string::npos) << s.message();
   // In the head.

@@ -6,6 +6,7 @@
 // streams by replaying a prefix of a recorded shipper stream.
 #include "receiver/receiver.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
@@ -981,6 +982,144 @@ TEST_F(ReceiverTest, AnotherJobSeesNoCommittedCycle) {
   ASSERT_TRUE(reply.ok());
   EXPECT_EQ(reply->hello.volumes(0).committed_epoch(), 0u);
   EXPECT_TRUE(receiver.Join().ok());
+}
+
+// ---- a replica replaced behind the receiver's back ----
+
+// Puts a copy of the replica of `name` in its place, as an operator
+// restoring a backup would: written next to it, renamed over it. Same
+// bytes, another inode.
+void ReplaceWithCopy(const std::string& path) {
+  std::vector<std::byte> bytes = ReadFile(path);
+  ASSERT_FALSE(bytes.empty());
+  struct stat before{};
+  ASSERT_EQ(::stat(path.c_str(), &before), 0);
+  ASSERT_TRUE(core::test_support::WriteFile(path + ".restored", bytes));
+  ASSERT_EQ(::rename((path + ".restored").c_str(), path.c_str()), 0);
+  struct stat after{};
+  ASSERT_EQ(::stat(path.c_str(), &after), 0);
+  ASSERT_NE(after.st_ino, before.st_ino);
+}
+
+TEST_F(ReceiverTest, ReplicaReplacedByACopyIsReportedReplacedWithNoEpochAndNoStaging) {
+  std::vector<Volume> volumes = {{"disk0", MakeImage((1 << 20) + 100, 17)}};
+  ASSERT_TRUE(RunCycle(volumes, 1, proto::CYCLE_MODE_FULL, 1, 0, {}).ok());
+  // An incremental cut just before CYCLE_END: its blocks are staged.
+  std::vector<std::uint64_t> dirty = {4, 5, 6, 40};
+  for (std::uint64_t b : dirty) Rewrite(volumes[0].image, b, 900 + static_cast<std::uint32_t>(b));
+  Recording recording = Record(volumes, 2, proto::CYCLE_MODE_INCREMENTAL, 2, 1, dirty);
+  ASSERT_FALSE(
+      Replay(std::span(recording.bytes).first(recording.frames[recording.frames.size() - 2].end_offset), Options())
+          .ok());
+  Reply reply = AskState(volumes);
+  EXPECT_FALSE(reply.hello.volumes(0).replaced());
+  EXPECT_EQ(reply.hello.volumes(0).committed_epoch(), 1u);
+  ASSERT_EQ(StagedBlocksOf(reply).size(), dirty.size());
+
+  ReplaceWithCopy(Replica("disk0"));
+  reply = AskState(volumes);
+  const proto::ReplicaState& r = reply.hello.volumes(0);
+  EXPECT_TRUE(r.exists());
+  EXPECT_EQ(r.size_bytes(), (1u << 20) + 100);
+  EXPECT_TRUE(r.replaced());
+  EXPECT_EQ(r.committed_epoch(), 0u);
+  EXPECT_FALSE(r.incomplete());
+  EXPECT_EQ(r.staged_blocks(), 0u);
+  EXPECT_TRUE(reply.staged.empty()) << "staging for another file was offered";
+  EXPECT_EQ(reply.staged_end_total, 0u);
+  // Asking changes nothing: it is still replaced.
+  EXPECT_TRUE(AskState(volumes).hello.volumes(0).replaced());
+
+  // An incremental cycle onto it is refused before anything is written.
+  const std::uint64_t copy = ReplicaChecksum("disk0");
+  {
+    ReceiverThread receiver(Options());
+    TestShipper shipper(receiver.stream(), volumes);
+    ASSERT_TRUE(shipper.Hello().ok());
+    ASSERT_TRUE(shipper.ReadReply().ok());
+    ASSERT_TRUE(shipper.Begin(3, proto::CYCLE_MODE_INCREMENTAL, 2, 1, {dirty.size()}).ok());
+    Status s = receiver.Join();
+    EXPECT_NE(s.message().find("replica of disk0 is at epoch 0, not 1"), std::string::npos) << s.ToString();
+  }
+  EXPECT_EQ(ReplicaChecksum("disk0"), copy);
+
+  // A cycle that begins on it takes it as it is: cut off, the state vouches
+  // for no epoch any more, and the copy is the replica its staging is for.
+  Recording full = Record(volumes, 4, proto::CYCLE_MODE_FULL, 3, 0, AllBlocks(volumes[0].image));
+  ASSERT_FALSE(Replay(std::span(full.bytes).first(full.frames[full.frames.size() / 2].end_offset), Options()).ok());
+  auto state = ReadGuestState(Options().replica_dir, kGuest);
+  ASSERT_TRUE(state.ok());
+  EXPECT_EQ(state->volumes[0].committed_epoch, 0u);
+  EXPECT_TRUE(state->volumes[0].incomplete);
+  reply = AskState(volumes);
+  EXPECT_FALSE(reply.hello.volumes(0).replaced());
+  EXPECT_TRUE(reply.hello.volumes(0).incomplete());
+  EXPECT_FALSE(reply.staged.empty()) << "the cut cycle's own writes must be resumable";
+
+  // Its commit records the file: the next HELLO sees the replica it committed.
+  ASSERT_TRUE(RunCycle(volumes, 5, proto::CYCLE_MODE_FULL, 3, 0, {}).ok());
+  ExpectReplicaEquals(volumes[0]);
+  reply = AskState(volumes);
+  EXPECT_FALSE(reply.hello.volumes(0).replaced());
+  EXPECT_EQ(reply.hello.volumes(0).committed_epoch(), 3u);
+}
+
+TEST_F(ReceiverTest, OlderImageCopiedOntoTheReplicaWithItsTimestampsIsReplaced) {
+  std::vector<Volume> volumes = {{"disk0", MakeImage(1 << 20, 18)}};
+  ASSERT_TRUE(RunCycle(volumes, 1, proto::CYCLE_MODE_FULL, 1, 0, {}).ok());
+  EXPECT_FALSE(AskState(volumes).hello.volumes(0).replaced());
+  // `cp --preserve=timestamps old.img disk0.img`: the same inode, other
+  // bytes, the older copy's modification time.
+  std::vector<std::byte> older = MakeImage(1 << 20, 19);
+  ASSERT_TRUE(core::test_support::WriteFile(Replica("disk0"), older));
+  struct timespec times[2] = {{1600000000, 0}, {1600000000, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, Replica("disk0").c_str(), times, 0), 0);
+  Reply reply = AskState(volumes);
+  EXPECT_TRUE(reply.hello.volumes(0).replaced());
+  EXPECT_EQ(reply.hello.volumes(0).committed_epoch(), 0u);
+}
+
+TEST_F(ReceiverTest, ReplicaReplacedBeforeAPendingApplyIsNotAppliedAndBecomesIncomplete) {
+  std::vector<Volume> volumes = {{"disk0", MakeImage(1 << 20, 20)}};
+  ASSERT_TRUE(RunCycle(volumes, 1, proto::CYCLE_MODE_FULL, 1, 0, {}).ok());
+  std::vector<std::uint64_t> dirty = {1, 2, 3};
+  for (std::uint64_t b : dirty) Rewrite(volumes[0].image, b, 950 + static_cast<std::uint32_t>(b));
+  ReceiverOptions crash = Options();
+  crash.crash_hook = [](std::string_view at) {
+    return at == "apply-pending" ? Status::Aborted("simulated crash") : Status::Ok();
+  };
+  EXPECT_EQ(RunCycle(volumes, 2, proto::CYCLE_MODE_INCREMENTAL, 2, 1, {dirty}, {}, &crash).code(),
+            core::Code::kAborted);
+  ASSERT_TRUE(ReadGuestState(Options().replica_dir, kGuest)->apply_pending);
+
+  ReplaceWithCopy(Replica("disk0"));
+  const std::uint64_t copy = ReplicaChecksum("disk0");
+  {
+    ReceiverThread receiver(Options());
+    TestShipper shipper(receiver.stream(), volumes);
+    ASSERT_TRUE(shipper.Hello().ok());
+    auto reply = shipper.ReadReply();
+    ASSERT_FALSE(reply.ok());
+    EXPECT_NE(reply.status().message().find("is not the file cycle 2 was received for (replaced)"), std::string::npos)
+        << reply.status().ToString();
+    EXPECT_EQ(receiver.Join().code(), core::Code::kCorruption);
+  }
+  EXPECT_EQ(ReplicaChecksum("disk0"), copy) << "the staged cycle was applied to another file";
+  auto state = ReadGuestState(Options().replica_dir, kGuest);
+  ASSERT_TRUE(state.ok());
+  EXPECT_FALSE(state->apply_pending);
+  EXPECT_TRUE(state->volumes[0].incomplete);
+  Reply reply = AskState(volumes);
+  EXPECT_TRUE(reply.hello.volumes(0).replaced());
+  EXPECT_TRUE(reply.hello.volumes(0).incomplete());
+  EXPECT_EQ(reply.hello.volumes(0).committed_epoch(), 0u);
+
+  // A full cycle repairs it.
+  ASSERT_TRUE(RunCycle(volumes, 3, proto::CYCLE_MODE_FULL, 3, 0, {}).ok());
+  ExpectReplicaEquals(volumes[0]);
+  reply = AskState(volumes);
+  EXPECT_FALSE(reply.hello.volumes(0).replaced());
+  EXPECT_EQ(reply.hello.volumes(0).committed_epoch(), 3u);
 }
 
 // ---- the command ----

@@ -5,6 +5,7 @@
 // be exactly the dumps printed in the document, and the document must print
 // exactly these dumps, so the two cannot drift apart.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -19,6 +20,7 @@
 #include "core/hash.h"
 #include "core/memory_file_system.h"
 #include "proto/frame.h"
+#include "receiver/guest_state.h"
 #include "receiver/receiver.h"
 #include "receiver/replica_layout.h"
 #include "receiver/staging.h"
@@ -62,6 +64,23 @@ std::string Xxd(std::span<const std::byte> bytes) {
   return out;
 }
 
+// The bytes of a dump in the document's format (the inverse of Xxd).
+std::vector<std::byte> FromXxd(const std::string& dump) {
+  std::vector<std::byte> out;
+  std::istringstream lines(dump);
+  std::string line;
+  while (std::getline(lines, line)) {
+    // "OFFSET: " then 8 groups of up to 4 hex digits, then the ASCII column.
+    std::string hex = line.substr(10, 40);
+    for (std::size_t i = 0; i + 1 < hex.size(); ++i) {
+      if (hex[i] == ' ' || hex[i + 1] == ' ') continue;
+      out.push_back(static_cast<std::byte>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+      ++i;
+    }
+  }
+  return out;
+}
+
 std::string ReadDoc() {
   std::ifstream in(std::string(BLKREP_SOURCE_DIR) + "/docs/replica-format.md");
   std::stringstream s;
@@ -80,7 +99,24 @@ const char* const kIndexDump =
     "00000060: 424b 5252 0200 0000 0200 0000 0000 0000  BKRR............\n"
     "00000070: 0a00 0000 0000 0000 0a00 0000 0000 0000  ................\n"
     "00000080: ffff ffff ffff ffff d955 0f47 9a3c 6445  .........U.G.<dE\n";
+// The example's state file with the replica identity of the machine the
+// document shows (st_dev 0xfd01, st_ino 0xc0013, st_mtim 2024-06-10
+// 06:13:20.123456789 UTC) in place of this machine's.
 const char* const kStateDump =
+    "00000000: 424b 5247 0200 0000 0700 766d 3130 302d  BKRG......vm100-\n"
+    "00000010: 3003 0000 0000 0000 0002 0000 0002 0000  0...............\n"
+    "00000020: 0000 0000 0002 0101 0000 0005 0064 6973  .............dis\n"
+    "00000030: 6b30 0000 1000 0000 0000 0010 0000 0100  k0..............\n"
+    "00000040: 0000 0000 0000 0002 0000 0000 0000 0000  ................\n"
+    "00000050: 0100 0000 0000 0000 0000 1000 0000 0000  ................\n"
+    "00000060: 0010 0000 0102 0000 0000 0000 000c 0000  ................\n"
+    "00000070: 0000 0000 0002 0000 0000 0000 000a 0000  ................\n"
+    "00000080: 0000 0000 0000 0000 0000 0000 0001 01fd  ................\n"
+    "00000090: 0000 0000 0000 1300 0c00 0000 0000 15cd  ................\n"
+    "000000a0: 7ad3 e58f d717 182c 3e4a 7c8c 180d       z......,>J|...\n";
+// The example's state file as version 1 wrote it (no replica identity),
+// shown in the document's "Versions".
+const char* const kVersion1StateDump =
     "00000000: 424b 5247 0100 0000 0700 766d 3130 302d  BKRG......vm100-\n"
     "00000010: 3003 0000 0000 0000 0002 0000 0002 0000  0...............\n"
     "00000020: 0000 0000 0002 0101 0000 0005 0064 6973  .............dis\n"
@@ -132,14 +168,95 @@ TEST_F(ReplicaFormatExampleTest, StagingDataFileHoldsTheBlocksInSlotOrder) {
   EXPECT_EQ(ReadFile(GuestDir() + "/.staging/disk0.data"), expected);
 }
 
+// Offsets in the example's state file of the volume's replica identity and
+// of the checksum, and the identity the document shows.
+constexpr std::size_t kReplicaKindAt = 0x8d, kReplicaDevAt = 0x8e, kReplicaInoAt = 0x96, kReplicaMtimeAt = 0x9e,
+                      kStateChecksumAt = 0xa6;
+constexpr std::uint64_t kDocReplicaDev = 0xfd01, kDocReplicaIno = 0xc0013, kDocReplicaMtimeNs = 0x17d78fe5d37acd15;
+
+std::uint64_t MtimeNs(const struct stat& st) {
+  return static_cast<std::uint64_t>(st.st_mtim.tv_sec) * 1000000000U + static_cast<std::uint64_t>(st.st_mtim.tv_nsec);
+}
+
 TEST_F(ReplicaFormatExampleTest, GuestStateFileOfTheSpecificationIsExactlyTheseBytes) {
   std::vector<std::byte> state = ReadFile(GuestDir() + "/state");
+  ASSERT_EQ(state.size(), 174u);
+  EXPECT_EQ(core::Xxh3_64(std::span(state).first(kStateChecksumAt)), core::LoadLe64(state.data() + kStateChecksumAt));
+  // The replica identity is this machine's: the replica file as stat(2)
+  // sees it (the incremental cycle has not touched it since the full one
+  // committed).
+  struct stat st{};
+  ASSERT_EQ(::stat(ReplicaPath(options_.replica_dir, kGuest, kVolume)->c_str(), &st), 0);
+  EXPECT_EQ(state[kReplicaKindAt], std::byte{1});
+  EXPECT_EQ(core::LoadLe64(state.data() + kReplicaDevAt), static_cast<std::uint64_t>(st.st_dev));
+  EXPECT_EQ(core::LoadLe64(state.data() + kReplicaInoAt), static_cast<std::uint64_t>(st.st_ino));
+  EXPECT_EQ(core::LoadLe64(state.data() + kReplicaMtimeAt), MtimeNs(st));
+  // With the document's machine in its place, every byte is the document's.
+  core::StoreLe64(state.data() + kReplicaDevAt, kDocReplicaDev);
+  core::StoreLe64(state.data() + kReplicaInoAt, kDocReplicaIno);
+  core::StoreLe64(state.data() + kReplicaMtimeAt, kDocReplicaMtimeNs);
+  core::StoreLe64(state.data() + kStateChecksumAt, core::Xxh3_64(std::span(state).first(kStateChecksumAt)));
   EXPECT_EQ(Xxd(state), kStateDump);
-  ASSERT_EQ(state.size(), 149u);
-  EXPECT_EQ(core::Xxh3_64(std::span(state).first(141)), core::LoadLe64(state.data() + 141));
-  EXPECT_EQ(core::LoadLe64(state.data() + 141), 0x4b208fe8d54b5193ULL);
+  EXPECT_EQ(core::LoadLe64(state.data() + kStateChecksumAt), 0x0d188c7c4a3e2c18ULL);
   EXPECT_NE(ReadDoc().find(kStateDump), std::string::npos) << "docs/replica-format.md does not show the state";
   EXPECT_FALSE(std::filesystem::exists(GuestDir() + "/state.tmp"));
+}
+
+// docs/replica-format.md, "Versions": a version 1 state file (the example's
+// as version 1 wrote it) decodes to the same state with no replica
+// identity, and the session that reads it writes version 2, with the
+// identity of the replica it applied the pending cycle to.
+TEST_F(ReplicaFormatExampleTest, Version1StateFileStillDecodesAndTheNextWriteIsVersion2) {
+  EXPECT_NE(ReadDoc().find(kVersion1StateDump), std::string::npos)
+      << "docs/replica-format.md does not show the version 1 state";
+  std::vector<std::byte> v1 = FromXxd(kVersion1StateDump);
+  ASSERT_EQ(v1.size(), 149u);
+  EXPECT_EQ(core::LoadLe32(v1.data() + 4), 1u);
+  core::Result<GuestState> old = DecodeGuestState(v1);
+  ASSERT_TRUE(old.ok()) << old.status().ToString();
+  EXPECT_FALSE(old->volumes[0].replica.known());
+  EXPECT_EQ(old->volumes[0].replica, ReplicaIdentity{});
+  // Everything else is what version 2 holds for the same moment.
+  core::Result<GuestState> now = DecodeGuestState(ReadFile(GuestDir() + "/state"));
+  ASSERT_TRUE(now.ok()) << now.status().ToString();
+  ASSERT_TRUE(now->volumes[0].replica.known());
+  GuestState expected = *now;
+  expected.volumes[0].replica = ReplicaIdentity{};
+  std::vector<std::byte> reencoded = EncodeGuestState(*old);
+  EXPECT_EQ(reencoded, EncodeGuestState(expected));
+  EXPECT_EQ(core::LoadLe32(reencoded.data() + 4), 2u);
+  EXPECT_EQ(reencoded.size(), v1.size() + 25);
+  // A version 1 file cut inside its last field is refused as version 1 (93
+  // bytes per entry at least), not read as a short version 2 one.
+  std::vector<std::byte> cut(v1.begin(), v1.end() - 9);
+  cut.resize(cut.size() + 8);
+  core::StoreLe64(cut.data() + cut.size() - 8, core::Xxh3_64(std::span(cut).first(cut.size() - 8)));
+  core::Result<GuestState> short_v1 = DecodeGuestState(cut);
+  ASSERT_FALSE(short_v1.ok());
+  EXPECT_NE(short_v1.status().message().find("kept_blocks is missing"), std::string::npos)
+      << short_v1.status().message();
+
+  // The receiver finds it "apply pending", redoes the apply and writes
+  // version 2.
+  ASSERT_TRUE(core::test_support::WriteFile(GuestDir() + "/state", v1));
+  ScriptStream s;
+  proto::FrameWriter w(s);
+  ASSERT_TRUE(w.Send(FrameType::kHello, Hello()).ok());
+  s.set_writing_script(false);
+  Status st = ServeSession(s, options_, nullptr);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  std::vector<std::byte> written = ReadFile(GuestDir() + "/state");
+  EXPECT_EQ(core::LoadLe32(written.data() + 4), 2u);
+  core::Result<GuestState> after = DecodeGuestState(written);
+  ASSERT_TRUE(after.ok()) << after.status().ToString();
+  EXPECT_EQ(after->volumes[0].committed_epoch, 2u);
+  struct stat replica{};
+  ASSERT_EQ(::stat(ReplicaPath(options_.replica_dir, kGuest, kVolume)->c_str(), &replica), 0);
+  const ReplicaIdentity& id = after->volumes[0].replica;
+  EXPECT_EQ(id.kind, ReplicaKind::kRegularFile);
+  EXPECT_EQ(id.dev, static_cast<std::uint64_t>(replica.st_dev));
+  EXPECT_EQ(id.ino, static_cast<std::uint64_t>(replica.st_ino));
+  EXPECT_EQ(id.mtime_ns, MtimeNs(replica));
 }
 
 TEST_F(ReplicaFormatExampleTest, NextSessionRedoesTheApplyAndCommits) {

@@ -5,6 +5,7 @@
 // CYCLE_END. Replicas are real files in a TempDir; "no file changed" is
 // checked on every file under the guest's directory but its lock (bytes,
 // inode, mtime).
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -533,11 +534,16 @@ TEST_F(ResyncSessionTest, CycleEndWhoseCountsDoNotAddUpToEveryBlockIsRejected) {
 }
 
 TEST_F(ResyncSessionTest, VerifyChangesNoFileAndReportsTheCommittedEpochs) {
-  // Damage the replica behind the receiver's back: a verify finds it and
-  // still leaves it as it is.
+  // Silent damage of the replica (bit rot: the bytes change, the file's
+  // identity and modification time do not): a verify finds it and still
+  // leaves it as it is.
+  struct stat st {};
+  ASSERT_EQ(::stat(Replica("disk0").c_str(), &st), 0);
   std::vector<std::byte> damaged = ReadFile(Replica("disk0"));
   damaged[5 * kBlockBytes + 17] ^= std::byte{0x40};
   ASSERT_TRUE(WriteFile(Replica("disk0"), damaged));
+  const struct timespec times[2] = {st.st_atim, st.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, Replica("disk0").c_str(), times, 0), 0);
   const auto before = Snapshot(GuestDir());
   ASSERT_TRUE(before.count(Replica("disk0")));
 
