@@ -23,7 +23,16 @@
 //   pending" redoes the apply before anything else, so a crash during the
 //   apply is never observed: the replica is the previous cycle until the
 //   state file says "apply pending", and only the new cycle after it.
-// - Full and resync cycles write in place (there is no previous cycle worth
+// - Resync and verify cycles compare: a thread (replica_hasher.h) streams
+//   the xxh3-128 of every replica block while the session receives what the
+//   shipper found different. A resync of replicas that hold a complete cycle
+//   is staged like an incremental one (atomic); a verify writes nothing.
+// - A replica written, replaced or restored behind the receiver's back
+//   (its kind, device, inode or modification time differ from the state
+//   file's record of the last commit) is reported `replaced` with no
+//   epoch, which makes the shipper resync it.
+// - Full cycles, and resyncs of a replica that is missing, incomplete or of
+//   another size, write in place (there is no previous cycle worth
 //   keeping): before the first write the state file durably marks the
 //   replica incomplete, and it stays so until the cycle commits. The index
 //   still logs (block, hash) of what was written in place, after the replica
