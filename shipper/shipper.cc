@@ -375,7 +375,8 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
   // spare (a worker waits for its batch's hashes, and the credit only
   // moves past the oldest batch not yet sent): at least twice the
   // pipeline's blocks, and the pipeline shrinks if that passes the cap.
-  std::uint32_t batch_bytes = std::min(options.batch_bytes, proto::kMaxBatchBytes);
+  std::uint32_t batch_bytes =
+      std::min(options.batch_bytes != 0 ? options.batch_bytes : compares ? 8U << 20 : 4U << 20, proto::kMaxBatchBytes);
   unsigned in_flight = std::max(1U, options.batches_in_flight);
   const unsigned workers = std::max(1U, options.workers);
   std::uint32_t min_block = proto::kMaxBlockSizeBytes;
@@ -384,8 +385,10 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
   if (compares) {
     while (in_flight > 1 && 2 * (in_flight + workers + 2) * batch_blocks > proto::kMaxHashWindowBlocks) --in_flight;
   }
+  const std::uint64_t wanted_window =
+      options.hash_window_blocks != 0 ? options.hash_window_blocks : (256ULL << 20) / std::max<std::uint32_t>(min_block, 1);
   const std::uint32_t window_blocks = static_cast<std::uint32_t>(std::clamp<std::uint64_t>(
-      std::max<std::uint64_t>(options.hash_window_blocks, 2 * (in_flight + workers + 2) * batch_blocks), 1U << 15,
+      std::max<std::uint64_t>(wanted_window, 2 * (in_flight + workers + 2) * batch_blocks), 64,
       proto::kMaxHashWindowBlocks));
   proto::CycleBegin begin;
   begin.set_cycle_id(cycle_id);

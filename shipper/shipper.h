@@ -68,10 +68,15 @@ struct ShipOptions {
   core::IoBackendKind backend = core::IoBackendKind::kAuto;
   unsigned batches_in_flight = 8;
   unsigned workers = 2;
-  std::uint32_t batch_bytes = 4U << 20;
+  // Raw bytes per read batch; 0: 4 MiB, or 8 MiB in a resync or verify,
+  // which reads every block (the receiver's read size: the two sides then
+  // share the disk evenly; bench/README.md, "Resync").
+  std::uint32_t batch_bytes = 0;
   // Resync and verify: REPLICA_HASHES entries the receiver may send ahead of
-  // the shipper (16 bytes of memory each).
-  std::uint32_t hash_window_blocks = 1U << 18;
+  // the shipper (16 bytes of memory each). 0: 256 MiB of the volume, or
+  // twice the blocks in the read pipeline if that is more. A receiver far
+  // ahead would take turns on a shared disk instead of reading alongside.
+  std::uint32_t hash_window_blocks = 0;
   // Polled between batches; true stops the cycle with kCancelled (an ERROR
   // frame tells the receiver, which keeps what it durably staged).
   const std::atomic<bool>* cancel = nullptr;

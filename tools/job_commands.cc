@@ -143,6 +143,32 @@ void AddEventOrWarn(jobs::JobStore& store, const jobs::Event& e) {
   if (!added.ok()) std::fprintf(stderr, "blkrep: warning: %s\n", added.ToString().c_str());
 }
 
+// Tuning of the shipper (bench/ measures them): --zstd-level, --batch-size
+// (raw bytes per read batch) and --read-ahead (batches in flight).
+Status ParseShipOptions(const Args& args, shipper::ShipOptions& ship) {
+  if (auto level = args.Value("zstd-level")) {
+    char* end = nullptr;
+    long v = std::strtol(level->c_str(), &end, 10);
+    // 0 is no compression; negative levels are zstd's fast modes.
+    if (level->empty() || *end != '\0' || v < -7 || v > 19) {
+      return Status::InvalidArgument("--zstd-level: -7 to 19 (0: no compression), got '" + *level + "'");
+    }
+    ship.zstd_level = static_cast<int>(v);
+    ship.adaptive_compression = false;  // a level given is a level used
+  }
+  if (auto size = args.Value("batch-size")) {
+    auto n = core::ParseSize(*size);
+    if (!n.ok() || *n < 4096 || *n > proto::kMaxBatchBytes) return Status::InvalidArgument("--batch-size: 4K to 8M");
+    ship.batch_bytes = static_cast<std::uint32_t>(*n);
+  }
+  if (auto depth = args.Value("read-ahead")) {
+    auto n = core::ParseSize(*depth);
+    if (!n.ok() || *n < 1 || *n > 256) return Status::InvalidArgument("--read-ahead: 1 to 256 batches");
+    ship.batches_in_flight = static_cast<unsigned>(*n);
+  }
+  return Status::Ok();
+}
+
 // --auto-resync on|off and --resync-window HH:MM-HH:MM|any into `job`.
 Status ParseResyncOptions(const Args& args, jobs::Job& job) {
   if (auto a = args.Value("auto-resync")) {
@@ -520,31 +546,9 @@ int RunCommand(const std::vector<std::string>& argv) {
       if (j.enabled && j.state != "suspended" && (!j.last_try || (next && *next <= now))) to_run.push_back(j);
     }
   }
-  // Tuning of the shipper (bench/ measures them): compression level,
-  // batch size and how many batches are read ahead of the wire.
   shipper::ShipOptions ship;
-  if (auto level = args->Value("zstd-level")) {
-    char* end = nullptr;
-    long v = std::strtol(level->c_str(), &end, 10);
-    // 0 is no compression; negative levels are zstd's fast modes.
-    if (level->empty() || *end != '\0' || v < -7 || v > 19) {
-      return ReportError(Status::InvalidArgument("--zstd-level: -7 to 19 (0: no compression), got '" + *level + "'"));
-    }
-    ship.zstd_level = static_cast<int>(v);
-    ship.adaptive_compression = false;  // a level given is a level used
-  }
-  if (auto size = args->Value("batch-size")) {
-    auto n = core::ParseSize(*size);
-    if (!n.ok() || *n < 4096 || *n > proto::kMaxBatchBytes) {
-      return ReportError(Status::InvalidArgument("--batch-size: 4K to 8M"));
-    }
-    ship.batch_bytes = static_cast<std::uint32_t>(*n);
-  }
-  if (auto depth = args->Value("read-ahead")) {
-    auto n = core::ParseSize(*depth);
-    if (!n.ok() || *n < 1 || *n > 256) return ReportError(Status::InvalidArgument("--read-ahead: 1 to 256 batches"));
-    ship.batches_in_flight = static_cast<unsigned>(*n);
-  }
+  Status tuned = ParseShipOptions(*args, ship);
+  if (!tuned.ok()) return ReportError(tuned);
   int status = kExitOk;
   core::JsonWriter report(core::JsonStyle::kPretty);
   report.BeginArray();
@@ -693,6 +697,8 @@ int RunResyncNow(jobs::JobStore& store, jobs::Job job, const std::string& state_
   core::JsonWriter report(core::JsonStyle::kPretty);
   report.BeginArray();
   shipper::ShipOptions ship;
+  Status tuned = ParseShipOptions(args, ship);
+  if (!tuned.ok()) return ReportError(tuned);
   Status ran = RunJob(store, job, state_dir, args.Flag("verbose"), ship, report, /*force_resync=*/true);
   report.EndArray();
   if (args.Flag("json")) std::printf("%s\n", report.str().c_str());
@@ -701,7 +707,7 @@ int RunResyncNow(jobs::JobStore& store, jobs::Job job, const std::string& state_
 
 // Sets a job's state by hand (suspend, resume) and records the change.
 int SetJobState(const std::vector<std::string>& argv, const char* usage, bool suspend) {
-  auto args = ParseArgs(argv, {"state-dir"}, {"resync", "json", "verbose"});
+  auto args = ParseArgs(argv, {"state-dir", "zstd-level", "batch-size", "read-ahead"}, {"resync", "json", "verbose"});
   if (!args.ok()) return ReportError(args.status().WithContext(usage));
   if (args->positional.size() != 1) return ReportError(Status::InvalidArgument(usage));
   const std::string& id = args->positional[0];
@@ -754,7 +760,7 @@ namespace blkrep::tools {
 // time (--at), or by the next run that may resync.
 int ResyncCommand(const std::vector<std::string>& argv) {
   constexpr const char* kUsage = "usage: blkrep resync JOBID [--now] [--at TIME] [--json] [--verbose]";
-  auto args = ParseArgs(argv, {"state-dir", "at"}, {"now", "json", "verbose"});
+  auto args = ParseArgs(argv, {"state-dir", "at", "zstd-level", "batch-size", "read-ahead"}, {"now", "json", "verbose"});
   if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
   if (args->positional.size() != 1) return ReportError(Status::InvalidArgument(kUsage));
   const std::string& id = args->positional[0];
@@ -805,13 +811,16 @@ int ResyncCommand(const std::vector<std::string>& argv) {
 // DRBD's online verify: every block's hash on both sides, no data sent.
 int VerifyCommand(const std::vector<std::string>& argv) {
   constexpr const char* kUsage = "usage: blkrep verify JOBID [--json]";
-  auto args = ParseArgs(argv, {"state-dir"}, {"json"});
+  auto args = ParseArgs(argv, {"state-dir", "batch-size", "read-ahead"}, {"json"});
   if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
   if (args->positional.size() != 1) return ReportError(Status::InvalidArgument(kUsage));
   const std::string& id = args->positional[0];
   Status valid = jobs::ValidateJobId(id, nullptr);
   if (!valid.ok()) return ReportError(valid);
   const std::string state_dir = StateDir(*args);
+  shipper::ShipOptions ship;
+  Status tuned = ParseShipOptions(*args, ship);
+  if (!tuned.ok()) return ReportError(tuned);
   KeepLargeBuffersOnTheHeap();
   InstallCancelHandlers();
   auto store = OpenStore(*args);
@@ -836,6 +845,7 @@ int VerifyCommand(const std::vector<std::string>& argv) {
   request.guest = job->guest;
   request.target_args = target->args;
   request.rate_mbps = job->rate_mbps;
+  request.ship = ship;
   request.ship.cancel = &g_cancel;
   Progress progress("blkrep: verify " + id);
   request.ship.progress = [&](std::uint64_t done, std::uint64_t total) { progress.Update(done, total); };
