@@ -18,6 +18,7 @@ int EventsCommand(const std::vector<std::string>& argv);
 int SuspendCommand(const std::vector<std::string>& argv);
 int ResumeCommand(const std::vector<std::string>& argv);
 int ResyncCommand(const std::vector<std::string>& argv);
+int UpdateCommand(const std::vector<std::string>& argv);
 int VerifyCommand(const std::vector<std::string>& argv);
 
 }  // namespace blkrep::tools

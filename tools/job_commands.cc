@@ -517,6 +517,36 @@ int CreateLocalJobCommand(const std::vector<std::string>& argv) {
   return kExitOk;
 }
 
+// pvesr's update: changes a job's definition (what is given), never its state.
+int UpdateCommand(const std::vector<std::string>& argv) {
+  constexpr const char* kUsage =
+      "usage: blkrep update JOBID [--schedule SPEC] [--rate MBPS] [--comment TEXT] [--auto-resync on|off] "
+      "[--resync-window HH:MM-HH:MM|any]";
+  auto args = ParseArgs(argv, {"state-dir", "schedule", "rate", "comment", "auto-resync", "resync-window"}, {});
+  if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
+  if (args->positional.size() != 1) return ReportError(Status::InvalidArgument(kUsage));
+  const std::string& id = args->positional[0];
+  Status valid = jobs::ValidateJobId(id, nullptr);
+  if (!valid.ok()) return ReportError(valid);
+  auto store = OpenStore(*args);
+  if (!store.ok()) return ReportError(store.status());
+  auto job = (*store)->GetJob(id);
+  if (!job.ok()) return ReportError(job.status());
+  if (auto s = args->Value("schedule")) {
+    if (s->empty()) return ReportError(Status::InvalidArgument("--schedule: empty"));
+    job->schedule = *s;
+  }
+  if (auto r = args->Value("rate")) {
+    Status rated = ParseRate(*r, &job->rate_mbps);
+    if (!rated.ok()) return ReportError(rated);
+  }
+  if (auto c = args->Value("comment")) job->comment = *c;
+  Status resync_options = ParseResyncOptions(*args, *job);
+  if (!resync_options.ok()) return ReportError(resync_options);
+  Status saved = (*store)->SaveJob(*job);
+  return saved.ok() ? kExitOk : ReportError(saved);
+}
+
 int RunCommand(const std::vector<std::string>& argv) {
   auto args = ParseArgs(argv, {"state-dir", "id", "zstd-level", "batch-size", "read-ahead"}, {"verbose", "json"});
   if (!args.ok()) return ReportError(args.status().WithContext("usage: blkrep run [--id JOBID] [--verbose]"));

@@ -22,6 +22,7 @@ constexpr const char* kUsage =
     "  target list [--json]               where replicas go\n"
     "  create-local-job JOBID TARGET [--schedule SPEC] [--rate MBPS] [--comment TEXT] [--disable]\n"
     "                   [--auto-resync on|off] [--resync-window HH:MM-HH:MM|any]\n"
+    "  update JOBID [same options as create-local-job but --disable]\n"
     "  run [--id JOBID] [--verbose]       run due jobs, or one job now\n"
     "  status [--json]                    the jobs and their state\n"
     "  events [--json] [--since TIME]     what happened to the jobs (cycles, failures, state changes)\n"
@@ -54,6 +55,7 @@ int main(int argc, char** argv) {
   if (command == "suspend") return blkrep::tools::SuspendCommand(rest);
   if (command == "resume") return blkrep::tools::ResumeCommand(rest);
   if (command == "resync") return blkrep::tools::ResyncCommand(rest);
+  if (command == "update") return blkrep::tools::UpdateCommand(rest);
   if (command == "verify") return blkrep::tools::VerifyCommand(rest);
   if (command == "version" || command == "--version") {
     std::printf("blkrep %s\n", BLKREP_VERSION);

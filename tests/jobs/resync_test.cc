@@ -266,7 +266,10 @@ TEST(ResyncTest, WithAutomaticResyncOffARunWaitsForTheOperatorAndResyncAtRunsAtI
   ASSERT_TRUE(rig.AddLocalTarget("local"));
   EXPECT_EQ(rig.Blkrep({"create-local-job", "vm100-2", "local", "--auto-resync", "maybe"}).exit_status, 2);
   EXPECT_EQ(rig.Blkrep({"create-local-job", "vm100-2", "local", "--resync-window", "25:00-01:00"}).exit_status, 2);
-  ASSERT_TRUE(rig.CreateJob("vm100-1", "local", {"--auto-resync", "off"}));
+  ASSERT_TRUE(rig.CreateJob("vm100-1", "local"));
+  ASSERT_EQ(rig.Blkrep({"update", "vm100-1", "--auto-resync", "off"}).exit_status, 0);
+  EXPECT_EQ(rig.Blkrep({"update", "vm100-1", "--resync-window", "9-17"}).exit_status, 2);
+  EXPECT_EQ(rig.Blkrep({"update", "vm100-7", "--auto-resync", "on"}).exit_status, 1);
   ASSERT_EQ(rig.Run("vm100-1")["mode"], "full");
   DamageBlocks(rig.ReplicaPath("disk0"), 10, 3, 9);
   EXPECT_EQ(rig.Blkrep({"verify", "vm100-1"}).exit_status, 1);
