@@ -192,9 +192,23 @@ Result<std::unique_ptr<JobStore>> JobStore::Open(const std::string& state_dir) {
   std::unique_ptr<JobStore> store(new JobStore(db));
   BLKREP_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON;"));
   BLKREP_RETURN_IF_ERROR(store->Exec(kSchema));
-  for (const auto& [name, type] : kAddedJobColumns) {
+  // An older database gains the columns once; two commands opening it at
+  // the same time serialize on the write lock and the second finds them.
+  auto missing = [&](const char* name) {
     Stmt probe(db, (std::string("SELECT ") + name + " FROM jobs LIMIT 0").c_str());
-    if (!probe.ok()) BLKREP_RETURN_IF_ERROR(store->Exec(std::string("ALTER TABLE jobs ADD COLUMN ") + name + " " + type));
+    return !probe.ok();
+  };
+  if (missing(kAddedJobColumns[0][0]) || missing(kAddedJobColumns[2][0])) {
+    BLKREP_RETURN_IF_ERROR(store->Exec("BEGIN IMMEDIATE"));
+    for (const auto& [name, type] : kAddedJobColumns) {
+      if (!missing(name)) continue;
+      Status added = store->Exec(std::string("ALTER TABLE jobs ADD COLUMN ") + name + " " + type);
+      if (!added.ok()) {
+        (void)store->Exec("ROLLBACK");
+        return added;
+      }
+    }
+    BLKREP_RETURN_IF_ERROR(store->Exec("COMMIT"));
   }
   return store;
 }

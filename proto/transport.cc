@@ -156,15 +156,17 @@ class SocketStream final : public Stream {
   // Waits until `fd` is ready for `events` (or has an error/hang-up the next
   // system call will report). kIoError/ETIMEDOUT past the deadline, kAborted
   // once the cancel fd is readable.
-  Status Wait(int fd, short events) {
+  // Waits until `fd` is ready for `events`; with `max_ms` >= 0, returns OK
+  // after that long anyway (the caller tries again).
+  Status Wait(int fd, short events, int max_ms = -1) {
     while (true) {
-      int timeout_ms = -1;
+      int timeout_ms = max_ms;
       if (deadline_.has_value()) {
         auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline_ - Clock::now()).count();
         if (left <= 0) {
           return Status::IoError("no answer within " + FormatMs(deadline_ms_), ETIMEDOUT);
         }
-        timeout_ms = static_cast<int>(left);
+        timeout_ms = max_ms >= 0 ? std::min(max_ms, static_cast<int>(left)) : static_cast<int>(left);
       }
       pollfd fds[2] = {{fd, events, 0}, {cancel_fd_, POLLIN, 0}};
       int n = ::poll(fds, cancel_fd_ >= 0 ? 2 : 1, timeout_ms);
@@ -173,7 +175,7 @@ class SocketStream final : public Stream {
         return core::ErrnoStatus(errno, "poll");
       }
       if (cancel_fd_ >= 0 && fds[1].revents != 0) return Status::Aborted("cancelled");
-      if (fds[0].revents != 0) return Status::Ok();
+      if (fds[0].revents != 0 || (n == 0 && max_ms >= 0)) return Status::Ok();
     }
   }
 
@@ -273,11 +275,12 @@ class TlsStream final : public Stream {
     } else {
       SSL_set_accept_state(ssl);
     }
+    std::unique_lock lock(stream->ssl_mu_);
     while (true) {
       ERR_clear_error();
       int rc = SSL_do_handshake(ssl);
       if (rc == 1) break;
-      Status s = stream->WaitOrFail(rc, "handshake");
+      Status s = stream->WaitOrFail(rc, "handshake", lock);
       if (s.code() == core::Code::kEndOfData || s.code() == core::Code::kAborted) {
         return Status::Aborted("closed the connection during the TLS handshake (does it use TLS?)");
       }
@@ -288,8 +291,13 @@ class TlsStream final : public Stream {
 
   ~TlsStream() override { SSL_free(ssl_); }
 
+  // One thread may read while another writes (a comparing cycle's hashes
+  // flow one way while blocks flow the other), but OpenSSL allows one call
+  // on an SSL at a time: every SSL call holds ssl_mu_, which is released
+  // while waiting for the socket.
   Status ReadFull(std::span<std::byte> out) override {
     std::size_t done = 0;
+    std::unique_lock lock(ssl_mu_);
     while (done < out.size()) {
       ERR_clear_error();
       std::size_t n = 0;
@@ -298,7 +306,7 @@ class TlsStream final : public Stream {
         done += n;
         continue;
       }
-      Status s = WaitOrFail(rc, "read");
+      Status s = WaitOrFail(rc, "read", lock);
       if (s.code() == core::Code::kEndOfData) return done == 0 ? s : EndOfStream(done, out.size());
       BLKREP_RETURN_IF_ERROR(s);
     }
@@ -306,6 +314,7 @@ class TlsStream final : public Stream {
   }
 
   Status WriteAll(std::span<const std::byte> data) override {
+    std::unique_lock lock(ssl_mu_);
     if (write_closed_) return Status::Internal("write after the end of the stream");
     std::size_t done = 0;
     while (done < data.size()) {
@@ -316,7 +325,7 @@ class TlsStream final : public Stream {
         done += n;
         continue;
       }
-      Status s = WaitOrFail(rc, "write");
+      Status s = WaitOrFail(rc, "write", lock);
       if (s.code() == core::Code::kEndOfData) return Status::Aborted("peer closed the stream");
       BLKREP_RETURN_IF_ERROR(s);
     }
@@ -325,13 +334,14 @@ class TlsStream final : public Stream {
 
   // Sends TLS close_notify; reading stays possible.
   void CloseWrite() override {
+    std::unique_lock lock(ssl_mu_);
     if (write_closed_) return;
     write_closed_ = true;
     for (int attempt = 0; attempt < 100; ++attempt) {
       ERR_clear_error();
       int rc = SSL_shutdown(ssl_);
       if (rc >= 0) return;  // 0: sent, peer's not yet received; 1: both done
-      if (!WaitOrFail(rc, "shutdown").ok()) return;
+      if (!WaitOrFail(rc, "shutdown", lock).ok()) return;
     }
   }
 
@@ -343,13 +353,19 @@ class TlsStream final : public Stream {
   // After an SSL call returned `rc` (failure): OK after waiting for the I/O
   // OpenSSL wants (call again); kEndOfData when the peer closed; otherwise
   // the error.
-  Status WaitOrFail(int rc, const char* what) {
+  // REQUIRES: `lock` holds ssl_mu_; it is released while waiting, briefly:
+  // another thread's SSL call may take the bytes this one waits for.
+  Status WaitOrFail(int rc, const char* what, std::unique_lock<std::mutex>& lock) {
     int saved_errno = errno;
     switch (SSL_get_error(ssl_, rc)) {
       case SSL_ERROR_WANT_READ:
-        return socket_->Wait(socket_->read_fd(), POLLIN);
-      case SSL_ERROR_WANT_WRITE:
-        return socket_->Wait(socket_->read_fd(), POLLOUT);
+      case SSL_ERROR_WANT_WRITE: {
+        const short events = SSL_get_error(ssl_, rc) == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+        lock.unlock();
+        Status s = socket_->Wait(socket_->read_fd(), events, /*max_ms=*/50);
+        lock.lock();
+        return s;
+      }
       case SSL_ERROR_ZERO_RETURN:
         return Status::EndOfData("peer closed the stream");
       case SSL_ERROR_SYSCALL: {
@@ -383,6 +399,7 @@ class TlsStream final : public Stream {
 
   std::unique_ptr<SocketStream> socket_;
   SSL* ssl_;
+  std::mutex ssl_mu_;  // one SSL call at a time (see ReadFull)
   bool write_closed_ = false;
 };
 

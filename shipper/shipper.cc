@@ -171,9 +171,13 @@ class HashWindow {
     cv_.notify_all();
   }
   // Workers: waits until positions below `end` arrived, or a failure.
-  Status Wait(std::uint64_t end) {
+  // Waits until positions below `end` arrived, a failure, or `cancel`.
+  Status Wait(std::uint64_t end, const std::atomic<bool>* cancel = nullptr) {
     std::unique_lock lock(mu_);
-    cv_.wait(lock, [&] { return received_ >= end || !status_.ok(); });
+    while (received_ < end && status_.ok()) {
+      if (cancel != nullptr && cancel->load()) return Status::Aborted("cancelled");
+      cv_.wait_for(lock, std::chrono::milliseconds(100));
+    }
     return received_ >= end ? Status::Ok() : status_;
   }
   // REQUIRES: Wait covered `pos` and it was not granted away.
@@ -201,6 +205,7 @@ enum class Kind { kZero, kKeep, kData, kMatch };
 struct Compare {
   proto::CycleMode mode = proto::CYCLE_MODE_UNSPECIFIED;
   HashWindow* window = nullptr;  // null: the cycle does not compare
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 // Turns one read batch into frames. Runs on a worker thread.
@@ -229,7 +234,7 @@ void ProcessBatch(Batch& b, const VolumeSource& v, const std::unordered_map<std:
   std::uint64_t position = 0;
   if (compare.window != nullptr) {
     position = compare.window->Position(b.volume, b.first_block);
-    Status arrived = compare.window->Wait(position + b.block_count);
+    Status arrived = compare.window->Wait(position + b.block_count, compare.cancel);
     if (!arrived.ok()) {
       b.status = arrived;
       return;
@@ -510,7 +515,7 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
         if (b->status.ok()) {
           ProcessBatch(*b, volumes[b->volume], keep_staged ? receiver.staged[b->volume] : no_staged,
                        level_now.load(std::memory_order_relaxed),
-                       cctx, Compare{mode, window.get()});
+                       cctx, Compare{mode, window.get(), options.cancel});
         }
         {
           std::lock_guard lock(mu);
@@ -544,6 +549,17 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
   std::set<std::uint64_t> pending_positions;
   std::uint64_t next_position = 0;
   std::uint64_t granted = 0;
+  // Lets the receiver send hashes up to consumed + window (HASH_CREDIT).
+  auto grant = [&](std::uint64_t consumed) -> Status {
+    if (consumed <= granted) return Status::Ok();
+    window->Grant(consumed);
+    proto::HashCredit credit;
+    credit.set_consumed_blocks(consumed);
+    Status s = writer_.Send(FrameType::kHashCredit, credit);
+    if (!s.ok()) return peer_error(s);
+    granted = consumed;
+    return Status::Ok();
+  };
   auto submit = [&](Batch* b) {
     const VolumeSource& v = volumes[b->volume];
     const core::FileBlockDevice& dev = *devices[b->volume];
@@ -572,6 +588,15 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
   while (true) {
     // Keep `in_flight` reads going while buffers are free.
     while (result.ok() && !exhausted && !free_batches.empty() && outstanding < pool_size) {
+      // A comparing cycle hands out a batch only when the credit already
+      // lets the receiver send all its hashes: a worker never waits for
+      // hashes that only a later credit (after a slower, earlier batch)
+      // would allow.
+      if (window && next_position + batch_blocks > granted + window_blocks) {
+        if (outstanding > 0) break;
+        result = grant(next_position);
+        if (!result.ok() || next_position + batch_blocks > granted + window_blocks) break;
+      }
       Batch* b = free_batches.back();
       if (!cursor.Next(*b)) {
         exhausted = true;
@@ -642,12 +667,7 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
       // Grant the receiver hashes beyond what no batch needs any more.
       std::uint64_t consumed = pending_positions.empty() ? next_position : *pending_positions.begin();
       if (consumed >= granted + window_blocks / 4 || (exhausted && outstanding == 0 && consumed > granted)) {
-        window->Grant(consumed);
-        proto::HashCredit credit;
-        credit.set_consumed_blocks(consumed);
-        Status s = writer_.Send(FrameType::kHashCredit, credit);
-        if (!s.ok()) result = peer_error(s);
-        granted = consumed;
+        result = grant(consumed);
       }
     }
     done_bytes += std::uint64_t{b->block_count} * v.block_size_bytes;

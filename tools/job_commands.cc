@@ -377,7 +377,12 @@ Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir
     current.last_mode = job.last_mode;
     current.last_bytes_sent = job.last_bytes_sent;
     current.last_blocks_sent = job.last_blocks_sent;
-    if (!job.resync_at) current.resync_at.reset();
+    // A resync done clears a `resync --at` that was due when it began, not
+    // one given while it ran.
+    if (ran.ok() && ran->mode == "resync" && !ran->resync_deferred && current.resync_at &&
+        *current.resync_at <= *job.last_try) {
+      current.resync_at.reset();
+    }
     job = current;
   }
   BLKREP_RETURN_IF_ERROR(store.SaveJob(job));
@@ -743,6 +748,10 @@ int SetJobState(const std::vector<std::string>& argv, const char* usage, bool su
   const std::string& id = args->positional[0];
   Status valid = jobs::ValidateJobId(id, nullptr);
   if (!valid.ok()) return ReportError(valid);
+  if (suspend && (args->Flag("resync") || args->Flag("json") || args->Value("batch-size") ||
+                  args->Value("read-ahead") || args->Value("zstd-level"))) {
+    return ReportError(Status::InvalidArgument(usage));
+  }
   auto store = OpenStore(*args);
   if (!store.ok()) return ReportError(store.status());
   auto job = (*store)->GetJob(id);
@@ -924,9 +933,8 @@ int VerifyCommand(const std::vector<std::string>& argv) {
     }
   }
   if (r.differing_blocks > 0) {
-    std::fprintf(stderr, "blkrep: %s: the replica differs in %llu blocks; the job is resync-required\n", id.c_str(),
-                 (unsigned long long)r.differing_blocks);
-    return kExitFailed;
+    return ReportError(Status::Aborted("job " + id + ": the replica differs in " + std::to_string(r.differing_blocks) +
+                                       " blocks; the job is resync-required"));
   }
   return kExitOk;
 }
