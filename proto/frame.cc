@@ -579,6 +579,18 @@ Result<Message> DecodeFrame(const RawFrame& f, const SessionContext& s) {
   return c.Fail("unknown frame type");
 }
 
+Error MakeError(const Status& status, std::string_view prefix) {
+  Error error;
+  error.set_code(static_cast<std::uint32_t>(status.code()));
+  std::string message = std::string(prefix) + status.ToString();
+  if (message.size() > kMaxMessageBytes) message.resize(kMaxMessageBytes);
+  for (char& c : message) {
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+  }
+  error.set_message(std::move(message));
+  return error;
+}
+
 Result<Message> ReadMessage(FrameReader& reader, const SessionContext& session,
                             std::initializer_list<FrameType> expect) {
   BLKREP_ASSIGN_OR_RETURN(RawFrame frame, reader.Next());

@@ -209,6 +209,10 @@ bool ValidWireName(std::string_view name);
 // (the last block of a volume may be short).
 std::uint64_t RawLength(const VolumeInfo& volume, std::uint64_t first_block, std::uint64_t block_count);
 
+// An ERROR frame's body for `status`: its code, and its text (after
+// `prefix`) made one line of at most kMaxMessageBytes.
+Error MakeError(const core::Status& status, std::string_view prefix = "");
+
 // Reads one frame and decodes it; an ERROR frame from the peer becomes an
 // error status carrying its message. `expect` lists the acceptable types;
 // anything else is a protocol error naming what came and what was expected.

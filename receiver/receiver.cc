@@ -254,15 +254,8 @@ Status Session::Crash(std::string_view point) {
 }
 
 void Session::SendError(const Status& status) {
-  proto::Error error;
-  error.set_code(static_cast<std::uint32_t>(status.code()));
-  std::string message = status.ToString();
-  if (message.size() > proto::kMaxMessageBytes) message.resize(proto::kMaxMessageBytes);
-  for (char& c : message) {
-    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
-  }
-  error.set_message(message);
-  (void)writer_.Send(FrameType::kError, error);  // best effort: the peer may be gone
+  // Best effort: the peer may be gone.
+  (void)writer_.Send(FrameType::kError, proto::MakeError(status));
 }
 
 Status Session::Run() {

@@ -87,14 +87,7 @@ void ReplicaHasher::Run() {
   }
   if (!status_.ok() && status_.code() != core::Code::kAborted) {
     // The shipper waits for hashes: tell it why none come.
-    proto::Error e;
-    e.set_code(static_cast<std::uint32_t>(status_.code()));
-    std::string message = status_.ToString().substr(0, proto::kMaxMessageBytes);
-    for (char& c : message) {
-      if (static_cast<unsigned char>(c) < 0x20) c = ' ';
-    }
-    e.set_message(message);
-    sent_error_ = writer_.Send(proto::FrameType::kError, e).ok();
+    sent_error_ = writer_.Send(proto::FrameType::kError, proto::MakeError(status_)).ok();
   }
 }
 

@@ -1,8 +1,6 @@
 // pvesr's job verbs (CONTRACT.md): target add/list, create-local-job, run,
 // status. Job state lives in jobs::JobStore; a run is jobs::RunCycle.
-#include <fcntl.h>
 #include <signal.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +11,7 @@
 #include <ctime>
 #include <map>
 
+#include "core/file_system.h"
 #include "core/json.h"
 #include "core/units.h"
 #include "jobs/cycle_runner.h"
@@ -81,6 +80,16 @@ void JsonOptInt(core::JsonWriter& w, std::optional<std::int64_t> v) {
 }
 
 Result<std::unique_ptr<jobs::JobStore>> OpenStore(const Args& args) { return jobs::JobStore::Open(StateDir(args)); }
+
+// The lock that keeps a job's runs (and a verify) from overlapping, held
+// until the result is destroyed; kAborted "job ID is already running".
+Result<std::unique_ptr<core::FileLock>> LockJobRun(const std::string& state_dir, const std::string& id) {
+  auto lock = core::PosixFileSystemInstance().Lock(state_dir + "/" + id + ".run.lock");
+  if (!lock.ok() && lock.status().code() == core::Code::kAborted) {
+    return Status::Aborted("job " + id + " is already running");
+  }
+  return lock;
+}
 
 // SIGINT and SIGTERM cancel a running cycle cleanly (the receiver keeps
 // what it staged, the source keeps its dirty blocks); a second signal
@@ -297,17 +306,7 @@ void RecordEvents(jobs::JobStore& store, const jobs::Job& job, const std::string
 Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir, bool verbose,
               const shipper::ShipOptions& ship, core::JsonWriter& report, bool force_resync = false) {
   // Two runs of one job never overlap.
-  std::string lock_path = state_dir + "/" + job.id + ".run.lock";
-  int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (lock_fd < 0) return core::ErrnoStatus(errno, "open " + lock_path);
-  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
-    ::close(lock_fd);
-    return Status::Aborted("job " + job.id + " is already running");
-  }
-  struct Unlock {
-    int fd;
-    ~Unlock() { ::close(fd); }
-  } unlock{lock_fd};
+  BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<core::FileLock> running, LockJobRun(state_dir, job.id));
 
   BLKREP_ASSIGN_OR_RETURN(jobs::Target target, store.GetTarget(job.target));
   std::string previous_state = job.state;
@@ -869,14 +868,8 @@ int VerifyCommand(const std::vector<std::string>& argv) {
   auto target = (*store)->GetTarget(job->target);
   if (!target.ok()) return ReportError(target.status());
   // No cycle of the job may commit while it is compared.
-  std::string lock_path = state_dir + "/" + id + ".run.lock";
-  int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (lock_fd < 0) return ReportError(core::ErrnoStatus(errno, "open " + lock_path));
-  struct Unlock {
-    int fd;
-    ~Unlock() { ::close(fd); }
-  } unlock{lock_fd};
-  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) return ReportError(Status::Aborted("job " + id + " is running"));
+  auto running = LockJobRun(state_dir, id);
+  if (!running.ok()) return ReportError(running.status());
 
   jobs::CycleRequest request;
   request.state_dir = state_dir;
