@@ -315,6 +315,15 @@ Status Connect(const CycleRequest& request, const std::vector<SourceVolume>& vol
   return Status::Ok();
 }
 
+// Tells request.on_started (if any) the cycle's mode and volumes.
+void NotifyStarted(const CycleRequest& request, const std::string& mode,
+                   const std::vector<shipper::VolumeSource>& sources) {
+  if (!request.on_started) return;
+  std::vector<std::pair<std::string, std::uint64_t>> started;
+  for (const shipper::VolumeSource& s : sources) started.emplace_back(s.name, s.blocks.block_count());
+  request.on_started(mode, started);
+}
+
 std::uint64_t NewCycleId() {
   return static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -429,11 +438,7 @@ Result<CycleResult> RunCycle(const CycleRequest& request) {
     sources.push_back(std::move(s));
   }
   result.mode = mode == proto::CYCLE_MODE_FULL ? "full" : mode == proto::CYCLE_MODE_RESYNC ? "resync" : "incremental";
-  if (request.on_started) {
-    std::vector<std::pair<std::string, std::uint64_t>> started;
-    for (const shipper::VolumeSource& s : sources) started.emplace_back(s.name, s.blocks.block_count());
-    request.on_started(result.mode, started);
-  }
+  NotifyStarted(request, result.mode, sources);
   Status shipped = link.session->ShipCycle(NewCycleId(), mode, sources, receiver, request.ship, &result.stats);
   result.blocks_sent = result.stats.data_blocks + result.stats.zero_blocks + result.stats.kept_blocks;
   if (!shipped.ok()) {
@@ -474,11 +479,7 @@ Result<VerifyResult> RunVerify(const CycleRequest& request) {
     s.blocks = tracker::DirtyBitmap(v.report.dirty.block_count(), /*all_set=*/true);
     sources.push_back(std::move(s));
   }
-  if (request.on_started) {
-    std::vector<std::pair<std::string, std::uint64_t>> started;
-    for (const shipper::VolumeSource& s : sources) started.emplace_back(s.name, s.blocks.block_count());
-    request.on_started("verify", started);
-  }
+  NotifyStarted(request, "verify", sources);
   Status compared =
       link.session->ShipCycle(NewCycleId(), proto::CYCLE_MODE_VERIFY, sources, link.receiver, request.ship, &result.stats);
   if (!compared.ok()) return link.WithTarget(compared);
