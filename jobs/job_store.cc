@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   auto_resync INTEGER NOT NULL DEFAULT 1,
   resync_window TEXT NOT NULL DEFAULT '',
   resync_at INTEGER,
+  run_now INTEGER NOT NULL DEFAULT 0,
+  recovery_points INTEGER NOT NULL DEFAULT 0,
   UNIQUE (guest, target)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -122,13 +124,15 @@ std::vector<std::string> SplitLines(const std::string& s) {
 
 constexpr const char* kJobColumns =
     "id, guest, target, schedule, rate_mbps, comment, enabled, state, error, fail_count, last_sync, last_try, "
-    "duration_s, last_mode, last_bytes_sent, last_blocks_sent, auto_resync, resync_window, resync_at";
+    "duration_s, last_mode, last_bytes_sent, last_blocks_sent, auto_resync, resync_window, resync_at, run_now, recovery_points";
 
 // Columns added after the first release: added to an older database.
 constexpr const char* kAddedJobColumns[][2] = {
     {"auto_resync", "INTEGER NOT NULL DEFAULT 1"},
     {"resync_window", "TEXT NOT NULL DEFAULT ''"},
     {"resync_at", "INTEGER"},
+    {"run_now", "INTEGER NOT NULL DEFAULT 0"},
+    {"recovery_points", "INTEGER NOT NULL DEFAULT 0"},
 };
 
 Job ReadJob(Stmt& s) {
@@ -152,6 +156,8 @@ Job ReadJob(Stmt& s) {
   j.auto_resync = s.ColInt(16) != 0;
   j.resync_window = s.ColText(17);
   j.resync_at = s.ColOptInt(18);
+  j.run_now = s.ColInt(19) != 0;
+  j.recovery_points = static_cast<std::uint32_t>(s.ColInt(20));
   return j;
 }
 
@@ -258,11 +264,12 @@ Result<std::vector<Target>> JobStore::ListTargets() {
 Status JobStore::CreateJob(const Job& job) {
   BLKREP_RETURN_IF_ERROR(GetTarget(job.target).status().WithContext("job " + job.id));
   Stmt s(db_,
-         "INSERT INTO jobs (id, guest, target, schedule, rate_mbps, comment, enabled, auto_resync, resync_window) "
-         "VALUES (?,?,?,?,?,?,?,?,?)");
+         "INSERT INTO jobs (id, guest, target, schedule, rate_mbps, comment, enabled, auto_resync, resync_window, "
+         "recovery_points) VALUES (?,?,?,?,?,?,?,?,?,?)");
   if (!s.ok()) return s.Error("prepare");
   s.Text(1, job.id).Text(2, job.guest).Text(3, job.target).Text(4, job.schedule).Real(5, job.rate_mbps);
   s.Text(6, job.comment).Int(7, job.enabled ? 1 : 0).Int(8, job.auto_resync ? 1 : 0).Text(9, job.resync_window);
+  s.Int(10, job.recovery_points);
   int rc = s.Step();
   if (rc == SQLITE_CONSTRAINT) {
     return Status::InvalidArgument("job " + job.id + " exists, or guest " + job.guest +
@@ -298,13 +305,13 @@ Status JobStore::SaveJob(const Job& j) {
   Stmt s(db_,
          "UPDATE jobs SET schedule=?, rate_mbps=?, comment=?, enabled=?, state=?, error=?, fail_count=?, "
          "last_sync=?, last_try=?, duration_s=?, last_mode=?, last_bytes_sent=?, last_blocks_sent=?, auto_resync=?, "
-         "resync_window=?, resync_at=? WHERE id=?");
+         "resync_window=?, resync_at=?, run_now=?, recovery_points=? WHERE id=?");
   if (!s.ok()) return s.Error("prepare");
   s.Text(1, j.schedule).Real(2, j.rate_mbps).Text(3, j.comment).Int(4, j.enabled ? 1 : 0).Text(5, j.state);
   s.Text(6, j.error).Int(7, static_cast<std::int64_t>(j.fail_count)).OptInt(8, j.last_sync).OptInt(9, j.last_try);
   s.Real(10, j.duration_s).Text(11, j.last_mode).Int(12, static_cast<std::int64_t>(j.last_bytes_sent));
   s.Int(13, static_cast<std::int64_t>(j.last_blocks_sent)).Int(14, j.auto_resync ? 1 : 0).Text(15, j.resync_window);
-  s.OptInt(16, j.resync_at).Text(17, j.id);
+  s.OptInt(16, j.resync_at).Int(17, j.run_now ? 1 : 0).Int(18, j.recovery_points).Text(19, j.id);
   if (s.Step() != SQLITE_DONE) return s.Error("save job " + j.id);
   if (sqlite3_changes(db_) != 1) return Status::NotFound("no job " + j.id);
   return Status::Ok();

@@ -52,6 +52,12 @@ struct Job {
   bool auto_resync = true;
   std::string resync_window;              // "HH:MM-HH:MM" local time, "" any time
   std::optional<std::int64_t> resync_at;  // `resync --at`: the resync runs at or after this
+  // pvesr's schedule-now: the next bare `run` runs the job whatever its
+  // schedule and back-off say; a run clears it.
+  bool run_now = false;
+  // Recovery points the receiver keeps (the undo data of the last N
+  // cycles; 0 to 24).
+  std::uint32_t recovery_points = 0;
 };
 
 // One entry of the event history (`blkrep events`): what happened to a
