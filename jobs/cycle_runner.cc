@@ -158,6 +158,7 @@ Status AttachFrozen(const std::string& reply, std::vector<SourceVolume>& volumes
 // The guest's volumes, and their journals opened here when no tracker
 // runs (sealed again on destruction).
 struct Source {
+  std::string job;
   std::string control;
   bool tracker_running = false;
   std::vector<SourceVolume> volumes;
@@ -204,6 +205,7 @@ struct Source {
 // and (when `add_target`) makes the job a target of every journal.
 Status OpenSource(const CycleRequest& request, bool add_target, Source& source) {
   const std::string& job = request.job;
+  source.job = job;
   source.control = tracker::ControlSocketPath(request.state_dir, request.guest);
   BLKREP_ASSIGN_OR_RETURN(source.volumes, DiscoverVolumes(request.state_dir, request.guest));
   for (const SourceVolume& v : source.volumes) {
@@ -324,6 +326,32 @@ void NotifyStarted(const CycleRequest& request, const std::string& mode,
   request.on_started(mode, started);
 }
 
+// Marks the receiver's diverged blocks of `v` dirty on the source.
+Status MarkDiverged(Source& source, SourceVolume& v, const proto::ReplicaState& r) {
+  if (r.diverged_size() == 0) return Status::Ok();
+  const std::uint64_t bs = v.block_size_bytes;
+  if (!source.tracker_running) {
+    for (int k = 0; k + 1 < r.diverged_size(); k += 2) {
+      std::uint64_t offset = r.diverged(k) * bs;
+      std::uint64_t length = std::min<std::uint64_t>(r.diverged(k + 1) * bs, v.size_bytes - offset);
+      BLKREP_RETURN_IF_ERROR(v.journal->MarkDirty(offset, length));
+    }
+    return Status::Ok();
+  }
+  // Control requests are lines of at most 1 KiB: a few ranges per request.
+  constexpr int kRangesPerRequest = 24;
+  for (int k = 0; k + 1 < r.diverged_size(); k += 2 * kRangesPerRequest) {
+    std::string request = "mark-dirty " + source.job + " " + v.name;
+    for (int j = k; j + 1 < r.diverged_size() && j < k + 2 * kRangesPerRequest; j += 2) {
+      request += " " + std::to_string(r.diverged(j)) + " " + std::to_string(r.diverged(j + 1));
+    }
+    Status marked;
+    Ask(source.control, request, &marked);
+    BLKREP_RETURN_IF_ERROR(marked);
+  }
+  return Status::Ok();
+}
+
 std::uint64_t NewCycleId() {
   return static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -383,6 +411,15 @@ Result<CycleResult> RunCycle(const CycleRequest& request) {
     result.mode = "resync";
     result.resync_deferred = true;
     return result;
+  }
+
+  // A replica that changed on its side after its committed cycle (the old
+  // source of a reversed job): those blocks go into this cycle too, marked
+  // dirty before the freeze like writes, so a cut cycle keeps them.
+  if (resync_reason.empty()) {
+    for (std::size_t i = 0; i < volumes.size(); ++i) {
+      BLKREP_RETURN_IF_ERROR(MarkDiverged(source, volumes[i], receiver.volumes[i]));
+    }
   }
 
   // Freeze: one instant for every volume.

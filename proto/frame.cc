@@ -392,11 +392,27 @@ Result<Message> DecodeHelloReply(const RawFrame& f, const Checker& c, const Sess
     return c.Fail(std::to_string(m.volumes_size()) + " volume states for " + std::to_string(s.volumes.size()) +
                   " volumes");
   }
+  std::size_t diverged_ranges = 0;
   for (int i = 0; i < m.volumes_size(); ++i) {
     const ReplicaState& r = m.volumes(i);
     if (r.size_bytes() > kMaxVolumeSizeBytes) return c.Fail("replica size out of range");
     if (r.staged_blocks() > s.BlockCount(static_cast<std::uint32_t>(i))) {
       return c.Fail("more staged blocks than volume " + s.volumes[i].name() + " has");
+    }
+    if (r.diverged_size() % 2 != 0) return c.Fail("diverged of volume " + s.volumes[i].name() + ": an odd count");
+    diverged_ranges += static_cast<std::size_t>(r.diverged_size()) / 2;
+    if (diverged_ranges > kMaxDivergedRanges) {
+      return c.Fail("more than " + std::to_string(kMaxDivergedRanges) + " diverged ranges");
+    }
+    std::uint64_t end = 0;
+    for (int k = 0; k < r.diverged_size(); k += 2) {
+      std::uint64_t first = r.diverged(k), count = r.diverged(k + 1);
+      if (count == 0 || first < end) {
+        return c.Fail("diverged of volume " + s.volumes[i].name() + ": range [" + std::to_string(first) + ", " +
+                      std::to_string(count) + "] is empty or out of order");
+      }
+      BLKREP_RETURN_IF_ERROR(c.Range(static_cast<std::uint32_t>(i), first, count));
+      end = first + count;
     }
   }
   return Message{std::move(m)};

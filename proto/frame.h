@@ -36,7 +36,14 @@ inline constexpr std::uint64_t kFeatureResume = 1ULL << 1;
 // Checksum resync and verify (CYCLE_MODE_RESYNC compares hashes,
 // CYCLE_MODE_VERIFY, REPLICA_HASHES, HASH_CREDIT).
 inline constexpr std::uint64_t kFeatureChecksumResync = 1ULL << 2;
-inline constexpr std::uint64_t kKnownFeatures = kFeatureZstd | kFeatureResume | kFeatureChecksumResync;
+// The receiver reports diverged blocks (ReplicaState.diverged): blocks its
+// replica changed after its committed epoch, which the shipper adds to an
+// incremental cycle (a reversed job after a failover or migration).
+inline constexpr std::uint64_t kFeatureDiverged = 1ULL << 5;
+inline constexpr std::uint64_t kKnownFeatures = kFeatureZstd | kFeatureResume | kFeatureChecksumResync | kFeatureDiverged;
+// Diverged ranges in one HELLO_REPLY, all volumes together (the receiver
+// coarsens to fit: a superset of the blocks).
+inline constexpr std::size_t kMaxDivergedRanges = 1024;
 
 // Caps (docs/wire-protocol.md, "Caps").
 inline constexpr std::uint32_t kMinBlockSizeBytes = 4096;

@@ -27,6 +27,9 @@ namespace blkrep::receiver {
 inline constexpr const char* kStateFileName = "state";
 inline constexpr const char* kLockFileName = ".lock";
 inline constexpr const char* kStagingDirName = ".staging";
+// Present while the guest's replicas are promoted to a source (`blkrep
+// promote`): every session of the guest is refused.
+inline constexpr const char* kPromotedFileName = "promoted";
 
 // Staged blocks of one volume: the files .staging/NAME.data and NAME.index
 // (staging.h) whose header carries staging_id.

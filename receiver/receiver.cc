@@ -15,6 +15,7 @@
 #include "core/file_system.h"
 #include "core/hash.h"
 #include "receiver/async_writer.h"
+#include "receiver/diverged.h"
 #include "receiver/guest_state.h"
 #include "receiver/replica_hasher.h"
 #include "receiver/replica_layout.h"
@@ -150,6 +151,9 @@ struct VolumeSession {
   // `replaced`): its committed epoch was reported as 0 and its staging
   // was not offered.
   bool replaced = false;
+  // Blocks the replica changed after its committed epoch (diverged.h),
+  // reported in HELLO_REPLY to a shipper that takes them.
+  BlockRanges diverged;
   // The usable staging of an earlier attempt (staging files open).
   std::unique_ptr<StagingFiles> staging;
   StagedBlocks candidates;
@@ -326,6 +330,14 @@ Status Session::Handshake(const proto::Hello& hello) {
     return lock.status();
   }
   lock_ = std::move(*lock);
+  // A promoted replica is a source now: receiving into it would overwrite
+  // what the guest wrote there since (a split brain).
+  BLKREP_ASSIGN_OR_RETURN(bool promoted, fs_.Exists(guest_dir_ + "/" + kPromotedFileName));
+  if (promoted) {
+    return Status::Aborted("guest " + guest_ + " was promoted on this node (" + guest_dir_ + "/" +
+                           kPromotedFileName + "): its replicas are a source now (blkrep demote " + guest_ +
+                           " makes them a replica again)");
+  }
 
   BLKREP_ASSIGN_OR_RETURN(state_, ReadGuestStateFile(fs_, guest_dir_));
   if (state_.apply_pending) BLKREP_RETURN_IF_ERROR(FinishApply());
@@ -344,6 +356,18 @@ Status Session::Handshake(const proto::Hello& hello) {
       continue;
     }
     v.reported_committed_epoch = vs->committed_epoch;
+    Result<DivergedBlocks> diverged = ReadDiverged(fs_, guest_dir_, v.info->name());
+    if (diverged.ok() || diverged.status().code() != core::Code::kNotFound) {
+      bool usable = diverged.ok() && diverged->block_size_bytes == v.info->block_size_bytes() &&
+                    diverged->block_count == v.blocks;
+      if (usable && (features_ & proto::kFeatureDiverged) != 0) {
+        v.diverged = CoarsenRanges(diverged->ranges, proto::kMaxDivergedRanges / volumes_.size());
+      } else {
+        // A shipper that cannot take them, or blocks we cannot name: the
+        // replica is at no cycle it could build an incremental on.
+        v.reported_committed_epoch = 0;
+      }
+    }
     if ((features_ & proto::kFeatureResume) != 0 && vs->staging.staging_id != 0) {
       BLKREP_RETURN_IF_ERROR(LoadStaging(v, *vs));
     }
@@ -393,6 +417,10 @@ Status Session::SendReplicaState() {
     r->set_committed_epoch(v.reported_committed_epoch);
     r->set_incomplete(v.reported_incomplete);
     r->set_replaced(v.replaced);
+    for (const auto& [first, count] : v.diverged) {
+      r->add_diverged(first);
+      r->add_diverged(count);
+    }
     if (v.staging != nullptr && v.candidates.size() > 0) {
       const VolumeState* vs = state_.Find(v.info->name());
       r->set_staged_base_epoch(vs->staging.base_epoch);
@@ -921,6 +949,11 @@ Status Session::Commit() {
   BLKREP_RETURN_IF_ERROR(WriteGuestStateFile(fs_, guest_dir_, state_));
   BLKREP_RETURN_IF_ERROR(Crash("apply-pending"));
   BLKREP_RETURN_IF_ERROR(FinishApply());
+  // The cycle brought every diverged block (the shipper took them, or
+  // compared or copied every block): the replica is its epoch exactly.
+  for (const VolumeSession& v : volumes_) {
+    if (v.in_cycle) BLKREP_RETURN_IF_ERROR(RemoveDiverged(fs_, guest_dir_, v.info->name()));
+  }
   if (report_ != nullptr) report_->committed = true;
   proto::Ack ack;
   ack.set_cycle_id(cycle_id_);

@@ -20,5 +20,7 @@ int ResumeCommand(const std::vector<std::string>& argv);
 int ResyncCommand(const std::vector<std::string>& argv);
 int UpdateCommand(const std::vector<std::string>& argv);
 int VerifyCommand(const std::vector<std::string>& argv);
+int PromoteCommand(const std::vector<std::string>& argv);
+int DemoteCommand(const std::vector<std::string>& argv);
 
 }  // namespace blkrep::tools

@@ -57,6 +57,8 @@ int main(int argc, char** argv) {
   if (command == "resync") return blkrep::tools::ResyncCommand(rest);
   if (command == "update") return blkrep::tools::UpdateCommand(rest);
   if (command == "verify") return blkrep::tools::VerifyCommand(rest);
+  if (command == "promote") return blkrep::tools::PromoteCommand(rest);
+  if (command == "demote") return blkrep::tools::DemoteCommand(rest);
   if (command == "version" || command == "--version") {
     std::printf("blkrep %s\n", BLKREP_VERSION);
     return blkrep::tools::kExitOk;

@@ -1,5 +1,8 @@
 #include "tracker/cycle_control.h"
 
+#include <algorithm>
+#include <cstdlib>
+
 #include <unistd.h>
 
 #include <cstdio>
@@ -70,7 +73,7 @@ std::string CycleControl::Handle(const std::string& request) {
   std::lock_guard lock(mu_);
   const std::string& verb = w[0];
   if (verb != "add-target" && verb != "freeze" && verb != "commit" && verb != "abort" && verb != "require-resync" &&
-      verb != "changed") {
+      verb != "changed" && verb != "mark-dirty") {
     return "";
   }
   if (w.size() < 2 || !journal_format::IsValidName(w[1])) return "error: " + verb + " needs a job name\n";
@@ -100,6 +103,28 @@ std::string CycleControl::Handle(const std::string& request) {
       reply << "\n";
     }
     return reply.str();
+  } else if (verb == "mark-dirty") {
+    // "mark-dirty JOB VOLUME FIRST COUNT [FIRST COUNT ...]": blocks the
+    // job's replica changed on its side (diverged, after a failover), to be
+    // shipped again; marked for every target, as a write would be.
+    if (w.size() < 5 || w.size() % 2 != 1) return "error: usage: mark-dirty JOB VOLUME FIRST COUNT [FIRST COUNT ...]\n";
+    auto it = std::find_if(volumes_.begin(), volumes_.end(), [&](const ControlledVolume& v) { return v.name == w[2]; });
+    if (it == volumes_.end()) return "error: no volume " + w[2] + "\n";
+    std::uint64_t bs = it->journal->block_size_bytes();
+    std::uint64_t blocks = it->journal->block_count();
+    for (std::size_t i = 3; i + 1 < w.size(); i += 2) {
+      char* end1 = nullptr;
+      char* end2 = nullptr;
+      unsigned long long first = std::strtoull(w[i].c_str(), &end1, 10);
+      unsigned long long count = std::strtoull(w[i + 1].c_str(), &end2, 10);
+      if (*end1 != '\0' || *end2 != '\0' || count == 0 || first >= blocks || count > blocks - first) {
+        return "error: mark-dirty: bad range " + w[i] + " " + w[i + 1] + " of volume " + it->name + "\n";
+      }
+      std::uint64_t offset = first * bs;
+      std::uint64_t length = std::min<std::uint64_t>(count * bs, it->size_bytes - offset);
+      s = it->journal->MarkDirty(offset, length);
+      if (!s.ok()) break;
+    }
   } else if (verb == "require-resync") {
     std::string reason = rest_after("require-resync " + job);
     if (reason.empty()) return "error: usage: require-resync JOB REASON\n";

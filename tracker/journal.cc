@@ -1267,6 +1267,37 @@ Status Journal::RequireResync(const std::string& target, const std::string& reas
   return Status::Ok();
 }
 
+Status Journal::SeedTarget(const std::string& name, std::uint64_t epoch, const DirtyBitmap& dirty) {
+  if (!jf::IsValidName(name)) {
+    return Status::InvalidArgument("target name '" + name + "' must be 1-64 characters of [A-Za-z0-9._-]");
+  }
+  std::lock_guard log(log_mu_);
+  if (closed_) return Status::Aborted("journal " + path_ + " is closed");
+  {
+    std::lock_guard lock(mu_);
+    State& s = *state_;
+    if (s.degraded) return Status::Aborted("journal " + path_ + " is degraded: a resync is required");
+    if (!s.targets.empty() || s.epoch != 0) {
+      return Status::InvalidArgument("journal " + path_ + " is not new: it has targets or cycles; cannot seed it");
+    }
+    if (epoch == 0) return Status::InvalidArgument("cannot seed a journal at cycle 0");
+    if (dirty.block_count() != s.block_count) {
+      return Status::InvalidArgument("seed bitmap of " + std::to_string(dirty.block_count()) + " blocks for a volume of " +
+                                     std::to_string(s.block_count));
+    }
+    TargetData t;
+    t.id = 1;
+    t.name = name;
+    t.last_cycle = epoch;
+    t.live = dirty;
+    s.targets.push_back(std::move(t));
+    s.base_unknown = false;
+    s.epoch = epoch;
+  }
+  // A checkpoint carries the epoch and the target's last cycle and bits.
+  return CompactOrDegrade();
+}
+
 Status Journal::Checkpoint() {
   std::lock_guard log(log_mu_);
   if (closed_) return Status::Aborted("journal " + path_ + " is closed");

@@ -161,6 +161,12 @@ class Journal {
   core::Status Abort(const std::string& target, std::uint64_t epoch);
   // Marks one target (or every target, for an empty name) resync-required.
   core::Status RequireResync(const std::string& target, const std::string& reason);
+  // For a journal just created (no target, no cycle): makes `name` a
+  // target whose last committed cycle is `epoch`, with `dirty` changed since
+  // (the journal's epoch becomes `epoch`, so its next cycle is epoch + 1).
+  // What `blkrep promote` uses to make a replica a source that continues the
+  // job's numbering. Durable (a checkpoint) when it returns.
+  core::Status SeedTarget(const std::string& name, std::uint64_t epoch, const DirtyBitmap& dirty);
   // Writes a checkpoint now (compaction).
   core::Status Checkpoint();
   // Writes a final checkpoint and the clean-close seal with the volume's

@@ -1,0 +1,328 @@
+// `blkrep promote` and `blkrep demote`: failover and the way back.
+//
+// Design note. Hyper-V's failover and pvesr's job reversal after a
+// migration, at the block layer.
+//
+// - promote (on the target, the source gone or stopped): the guest's
+//   replicas become a tracked source. For each volume a new journal is made
+//   under STATE/journal/GUEST/ for the replica file, seeded so that the job
+//   (the one the replicas belong to) is a target whose last committed cycle
+//   is the replica's epoch and nothing is dirty; the journal is sealed, so
+//   `blkrep track GUEST NAME=REPLICA ...` serves the volumes and tracks
+//   every write from then on. A `promoted` file in the guest's replica
+//   directory makes the receiver refuse every later session of the guest:
+//   the old source must never overwrite what the guest writes now.
+// - demote (on the old source, its tracker stopped): its volumes become the
+//   replica of the reversed job. Its journals say, for the job, the last
+//   cycle the other side committed and which blocks changed since (writes
+//   that never reached the target). demote writes a receiver guest state at
+//   that cycle, a symlink DIR/GUEST/NAME.img to each volume, and those
+//   blocks as "diverged" (receiver/diverged.h); then it moves the journals
+//   aside. The reversed job's first cycle (from the promoted side, the same
+//   job id) is an incremental of the union of both sides' changes since
+//   the common cycle: the promoted side's dirty set, plus the diverged
+//   blocks the receiver reports and the shipper marks dirty before it
+//   freezes. Where a side cannot vouch for its changes (no common cycle, a
+//   journal that requires a resync) the cycle is a resync instead.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+
+#include "core/file_block_device.h"
+#include "core/file_system.h"
+#include "core/json.h"
+#include "jobs/job_store.h"
+#include "receiver/diverged.h"
+#include "receiver/guest_state.h"
+#include "receiver/replica_layout.h"
+#include "tools/cli.h"
+#include "tools/commands.h"
+#include "tools/job_util.h"
+#include "tracker/control_socket.h"
+#include "tracker/journal.h"
+#include "tracker/journal_format.h"
+#include "tracker/layout.h"
+
+namespace blkrep::tools {
+namespace {
+
+using core::Result;
+using core::Status;
+
+Result<std::unique_ptr<core::FileLock>> LockGuestDir(const std::string& guest_dir, const std::string& guest) {
+  auto lock = core::PosixFileSystemInstance().Lock(guest_dir + "/" + receiver::kLockFileName);
+  if (!lock.ok() && lock.status().code() == core::Code::kAborted) {
+    return Status::Aborted("guest " + guest + " is being received by another session; stop replicating to it first");
+  }
+  return lock;
+}
+
+Status WriteSmallFileDurably(const std::string& dir, const std::string& name, const std::string& text) {
+  core::FileSystem& fs = core::PosixFileSystemInstance();
+  std::string path = dir + "/" + name;
+  {
+    BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<core::File> f, fs.Open(path + ".tmp", core::OpenMode::kCreateTruncate));
+    BLKREP_RETURN_IF_ERROR(f->WriteAt(0, std::as_bytes(std::span(text.data(), text.size()))));
+    BLKREP_RETURN_IF_ERROR(f->Sync());
+  }
+  BLKREP_RETURN_IF_ERROR(fs.Rename(path + ".tmp", path));
+  return fs.SyncDir(dir);
+}
+
+// The receiver's record of which file a replica is (guest_state.h).
+Result<receiver::ReplicaIdentity> ReplicaIdentityOf(const std::string& path) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0) return core::ErrnoStatus(errno, "stat " + path);
+  receiver::ReplicaIdentity id;
+  if (S_ISBLK(st.st_mode)) {
+    id.kind = receiver::ReplicaKind::kBlockDevice;
+    id.dev = st.st_rdev;
+  } else if (S_ISREG(st.st_mode)) {
+    id.kind = receiver::ReplicaKind::kRegularFile;
+    id.dev = st.st_dev;
+    id.ino = st.st_ino;
+    id.mtime_ns = static_cast<std::uint64_t>(st.st_mtim.tv_sec) * 1000000000ULL +
+                  static_cast<std::uint64_t>(st.st_mtim.tv_nsec);
+  } else {
+    return Status::InvalidArgument(path + " is neither a regular file nor a block device");
+  }
+  return id;
+}
+
+bool TrackerAnswers(const std::string& state_dir, const std::string& guest) {
+  Result<std::string> reply = tracker::AskControl(tracker::ControlSocketPath(state_dir, guest), "ping");
+  return reply.ok() || reply.status().code() != core::Code::kNotFound;
+}
+
+}  // namespace
+
+int PromoteCommand(const std::vector<std::string>& argv) {
+  constexpr const char* kUsage =
+      "usage: blkrep promote GUEST --replica-dir DIR [--point ID] [--state-dir DIR] [--json]";
+  auto args = ParseArgs(argv, {"state-dir", "replica-dir", "point"}, {"json"});
+  if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
+  if (args->positional.size() != 1 || !args->Value("replica-dir")) return ReportError(Status::InvalidArgument(kUsage));
+  const std::string guest = args->positional[0];
+  if (!tracker::journal_format::IsValidName(guest)) {
+    return ReportError(Status::InvalidArgument("invalid guest name '" + guest + "'"));
+  }
+  const std::string replica_dir = *args->Value("replica-dir");
+  const std::string guest_dir = replica_dir + "/" + guest;
+  const std::string state_dir = StateDir(*args);
+  core::FileSystem& fs = core::PosixFileSystemInstance();
+
+  auto exists = fs.Exists(guest_dir + "/" + receiver::kStateFileName);
+  if (!exists.ok()) return ReportError(exists.status());
+  if (!*exists) return ReportError(Status::NotFound("no replica of guest " + guest + " under " + replica_dir));
+  auto lock = LockGuestDir(guest_dir, guest);
+  if (!lock.ok()) return ReportError(lock.status());
+  auto promoted = fs.Exists(guest_dir + "/" + receiver::kPromotedFileName);
+  if (!promoted.ok()) return ReportError(promoted.status());
+  if (*promoted) return ReportError(Status::Aborted("guest " + guest + " is already promoted on this node"));
+  auto state = receiver::ReadGuestStateFile(fs, guest_dir);
+  if (!state.ok()) return ReportError(state.status());
+  if (state->job.empty() || state->volumes.empty()) {
+    return ReportError(Status::NotFound("guest " + guest + " has no committed replica under " + replica_dir));
+  }
+  if (state->apply_pending) {
+    return ReportError(Status::Aborted("guest " + guest +
+                                       ": a received cycle waits to be applied (a receive session of the guest "
+                                       "applies it); promote after that"));
+  }
+  if (args->Value("point")) {
+    return ReportError(Status::Unsupported("--point: this receiver keeps no recovery points"));
+  }
+  for (const receiver::VolumeState& vs : state->volumes) {
+    if (vs.incomplete || vs.committed_epoch == 0) {
+      return ReportError(Status::Aborted("volume " + vs.name + " of guest " + guest +
+                                         " holds no complete cycle (a full or resync cycle did not finish)"));
+    }
+    auto journal = fs.Exists(tracker::JournalPath(state_dir, guest, vs.name));
+    if (!journal.ok()) return ReportError(journal.status());
+    if (*journal) {
+      return ReportError(Status::Aborted("guest " + guest + " is already tracked on this node (" +
+                                         tracker::JournalPath(state_dir, guest, vs.name) + ")"));
+    }
+  }
+  Status made = fs.CreateDirectories(tracker::JournalDir(state_dir, guest));
+  if (!made.ok()) return ReportError(made);
+
+  core::JsonWriter w(core::JsonStyle::kPretty);
+  w.BeginObject().Key("guest").String(guest).Key("job").String(state->job).Key("volumes").BeginArray();
+  std::string track_args;
+  for (const receiver::VolumeState& vs : state->volumes) {
+    auto replica = receiver::ReplicaPath(replica_dir, guest, vs.name);
+    if (!replica.ok()) return ReportError(replica.status());
+    core::FileBlockDeviceOptions o;
+    o.read_only = true;
+    auto device = core::FileBlockDevice::Open(*replica, o);
+    if (!device.ok()) return ReportError(device.status().WithContext("volume " + vs.name));
+    if ((*device)->SizeBytes() != vs.size_bytes) {
+      return ReportError(Status::Aborted("replica " + *replica + " has " + std::to_string((*device)->SizeBytes()) +
+                                         " bytes, its state says " + std::to_string(vs.size_bytes)));
+    }
+    auto identity = (*device)->Identity();
+    if (!identity.ok()) return ReportError(identity.status());
+    tracker::VolumeDescriptor d{guest, vs.name, *replica, *identity};
+    tracker::JournalOptions options;
+    options.block_size_bytes = vs.block_size_bytes;
+    std::string journal_path = tracker::JournalPath(state_dir, guest, vs.name);
+    auto journal = tracker::Journal::Open(fs, journal_path, d, options);
+    if (!journal.ok()) return ReportError(journal.status().WithContext("volume " + vs.name));
+    Status seeded =
+        (*journal)->SeedTarget(state->job, vs.committed_epoch, tracker::DirtyBitmap((*journal)->block_count()));
+    if (seeded.ok()) seeded = (*journal)->Close(*identity);
+    if (!seeded.ok()) return ReportError(seeded.WithContext("volume " + vs.name));
+    w.BeginObject().Key("name").String(vs.name).Key("path").String(*replica).Key("epoch").Uint(vs.committed_epoch);
+    w.Key("journal").String(journal_path).EndObject();
+    track_args += " " + vs.name + "=" + *replica;
+  }
+  w.EndArray();
+  char text[256];
+  std::snprintf(text, sizeof(text), "promoted at %lld to state directory %s, job %s\n", (long long)Now(),
+                state_dir.c_str(), state->job.c_str());
+  Status marked = WriteSmallFileDurably(guest_dir, receiver::kPromotedFileName, text);
+  if (!marked.ok()) return ReportError(marked);
+  w.Key("track").String("blkrep track " + guest + track_args + " --state-dir " + state_dir + " --nbd-socket SOCKET");
+  w.EndObject();
+  if (args->Flag("json")) {
+    std::printf("%s\n", w.str().c_str());
+  } else {
+    std::printf("guest %s promoted: its replicas are a tracked source of job %s now.\n", guest.c_str(),
+                state->job.c_str());
+    std::printf("serve it:   blkrep track %s%s --state-dir %s --nbd-socket SOCKET\n", guest.c_str(),
+                track_args.c_str(), state_dir.c_str());
+    std::printf("reverse it: blkrep target add OLD-SOURCE ...; blkrep create-local-job %s OLD-SOURCE "
+                "(after `blkrep demote %s` there)\n",
+                state->job.c_str(), guest.c_str());
+  }
+  return kExitOk;
+}
+
+int DemoteCommand(const std::vector<std::string>& argv) {
+  constexpr const char* kUsage = "usage: blkrep demote GUEST --replica-dir DIR [--job JOBID] [--state-dir DIR] [--json]";
+  auto args = ParseArgs(argv, {"state-dir", "replica-dir", "job"}, {"json"});
+  if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
+  if (args->positional.size() != 1 || !args->Value("replica-dir")) return ReportError(Status::InvalidArgument(kUsage));
+  const std::string guest = args->positional[0];
+  if (!tracker::journal_format::IsValidName(guest)) {
+    return ReportError(Status::InvalidArgument("invalid guest name '" + guest + "'"));
+  }
+  const std::string replica_dir = *args->Value("replica-dir");
+  const std::string guest_dir = replica_dir + "/" + guest;
+  const std::string state_dir = StateDir(*args);
+  core::FileSystem& fs = core::PosixFileSystemInstance();
+  if (TrackerAnswers(state_dir, guest)) {
+    return ReportError(Status::Aborted("a tracker serves guest " + guest +
+                                       " on this node: stop the guest and its tracker before demoting it"));
+  }
+  // The journals, read (their locks keep a tracker from starting meanwhile
+  // only while open; the check above and the move below bound the window).
+  const std::string journal_dir = tracker::JournalDir(state_dir, guest);
+  auto names = fs.List(journal_dir);
+  if (!names.ok()) return ReportError(names.status().WithContext("guest " + guest + " has no journals"));
+  std::vector<tracker::JournalReport> reports;
+  for (const std::string& n : *names) {
+    if (!n.ends_with(tracker::kJournalSuffix)) continue;
+    auto r = tracker::Journal::Read(fs, journal_dir + "/" + n);
+    if (!r.ok()) return ReportError(r.status());
+    reports.push_back(std::move(*r));
+  }
+  if (reports.empty()) return ReportError(Status::NotFound("guest " + guest + " has no journal in " + journal_dir));
+  std::string job;
+  if (auto j = args->Value("job")) {
+    job = *j;
+    Status valid = jobs::ValidateJobId(job, nullptr);
+    if (!valid.ok()) return ReportError(valid);
+  } else {
+    for (const auto& t : reports.front().targets) {
+      if (!job.empty()) {
+        return ReportError(Status::InvalidArgument("guest " + guest + " replicates to several targets: --job JOBID"));
+      }
+      job = t.name;
+    }
+    if (job.empty()) return ReportError(Status::NotFound("guest " + guest + " has no replication target"));
+  }
+
+  Status made = fs.CreateDirectories(guest_dir);
+  if (!made.ok()) return ReportError(made);
+  auto lock = LockGuestDir(guest_dir, guest);
+  if (!lock.ok()) return ReportError(lock.status());
+
+  receiver::GuestState state;
+  state.job = job;
+  core::JsonWriter w(core::JsonStyle::kPretty);
+  w.BeginObject().Key("guest").String(guest).Key("job").String(job).Key("volumes").BeginArray();
+  for (const tracker::JournalReport& r : reports) {
+    const tracker::TargetReport* t = nullptr;
+    for (const auto& x : r.targets) {
+      if (x.name == job) t = &x;
+    }
+    // The common cycle, if the journal can vouch for what changed since.
+    std::uint64_t common = 0;
+    std::string why;
+    if (t == nullptr) why = "the journal has no target " + job;
+    else if (r.resync_required || t->resync_required) why = "the journal requires a resync";
+    else if (t->needs_full || t->last_cycle == 0) why = "no cycle of the job was committed";
+    else common = t->last_cycle;
+    auto replica = receiver::ReplicaPath(replica_dir, guest, r.volume_name);
+    if (!replica.ok()) return ReportError(replica.status());
+    std::error_code ec;
+    std::string target = std::filesystem::absolute(r.volume_path, ec).string();
+    if (std::filesystem::is_symlink(*replica, ec)) std::filesystem::remove(*replica, ec);
+    if (std::filesystem::exists(*replica, ec)) {
+      return ReportError(Status::Aborted(*replica + " exists: the replica directory already holds this guest"));
+    }
+    std::filesystem::create_symlink(target, *replica, ec);
+    if (ec) return ReportError(Status::IoError("symlink " + *replica + " -> " + target + ": " + ec.message()));
+    auto identity = ReplicaIdentityOf(*replica);
+    if (!identity.ok()) return ReportError(identity.status());
+    receiver::VolumeState vs;
+    vs.name = r.volume_name;
+    vs.size_bytes = r.volume_size_bytes;
+    vs.block_size_bytes = r.block_size_bytes;
+    vs.committed_epoch = common;
+    vs.replica = *identity;
+    state.volumes.push_back(vs);
+    std::uint64_t diverged_blocks = 0;
+    if (common != 0) {
+      receiver::DivergedBlocks d;
+      d.block_size_bytes = r.block_size_bytes;
+      d.block_count = t->dirty.block_count();
+      d.ranges = t->dirty.Runs();
+      diverged_blocks = t->dirty.Count();
+      Status written = d.ranges.empty() ? receiver::RemoveDiverged(fs, guest_dir, vs.name)
+                                        : receiver::WriteDiverged(fs, guest_dir, vs.name, d);
+      if (!written.ok()) return ReportError(written);
+    }
+    w.BeginObject().Key("name").String(vs.name).Key("path").String(target).Key("common_epoch").Uint(common);
+    w.Key("diverged_blocks").Uint(diverged_blocks).Key("resync_reason");
+    if (why.empty()) w.Null();
+    else w.String(why);
+    w.EndObject();
+  }
+  w.EndArray();
+  Status written = receiver::WriteGuestStateFile(fs, guest_dir, state);
+  if (!written.ok()) return ReportError(written);
+  // It may have been promoted here before (a failback): a replica again.
+  std::error_code ec;
+  std::filesystem::remove(guest_dir + "/" + receiver::kPromotedFileName, ec);
+  // The journals go aside: the volumes are a replica now, not a source.
+  std::string aside = tracker::JournalDir(state_dir, ".demoted") + "/" + guest + "-" + std::to_string(Now());
+  std::filesystem::create_directories(tracker::JournalDir(state_dir, ".demoted"), ec);
+  std::filesystem::rename(journal_dir, aside, ec);
+  if (ec) return ReportError(Status::IoError("move " + journal_dir + " to " + aside + ": " + ec.message()));
+  w.Key("journals_moved_to").String(aside).EndObject();
+  if (args->Flag("json")) {
+    std::printf("%s\n", w.str().c_str());
+  } else {
+    std::printf("guest %s demoted: its volumes are the replica of job %s under %s (journals moved to %s)\n",
+                guest.c_str(), job.c_str(), guest_dir.c_str(), aside.c_str());
+  }
+  return kExitOk;
+}
+
+}  // namespace blkrep::tools
