@@ -315,7 +315,30 @@ int DemoteCommand(const std::vector<std::string>& argv) {
   std::filesystem::create_directories(tracker::JournalDir(state_dir, ".demoted"), ec);
   std::filesystem::rename(journal_dir, aside, ec);
   if (ec) return ReportError(Status::IoError("move " + journal_dir + " to " + aside + ": " + ec.message()));
-  w.Key("journals_moved_to").String(aside).EndObject();
+  w.Key("journals_moved_to").String(aside);
+  // This node's jobs of the guest have no source any more: disabled (the
+  // reversed job runs on the promoted side; `enable` after a failback).
+  w.Key("disabled_jobs").BeginArray();
+  auto store = OpenStore(*args);
+  auto all = store.ok() ? (*store)->ListJobs() : Result<std::vector<jobs::Job>>(store.status());
+  if (!all.ok()) {
+    std::fprintf(stderr, "blkrep: warning: the guest's jobs could not be disabled: %s\n",
+                 all.status().ToString().c_str());
+  } else {
+    for (jobs::Job j : *all) {
+      if (j.guest != guest || !j.enabled) continue;
+      j.enabled = false;
+      Status saved = (*store)->SaveJob(j);
+      if (!saved.ok()) {
+        std::fprintf(stderr, "blkrep: warning: %s\n", saved.ToString().c_str());
+        continue;
+      }
+      AddEventOrWarn(**store, MakeEvent(j, "state-changed", "disabled: guest " + guest + " demoted on this node",
+                                        "{\"enabled\":false,\"reason\":\"demoted\"}"));
+      w.String(j.id);
+    }
+  }
+  w.EndArray().EndObject();
   if (args->Flag("json")) {
     std::printf("%s\n", w.str().c_str());
   } else {

@@ -98,6 +98,10 @@ TEST(FailoverTest, PromoteWriteDemoteAndReverseShipsOnlyTheUnionOfBothSidesChang
   std::uint64_t diverged = 0;
   for (const auto& v : d["volumes"]) diverged += v["diverged_blocks"].get<std::uint64_t>();
   EXPECT_EQ(diverged, 8u + 4u + 3u);
+  // A's job has no source any more: disabled, a bare run leaves it alone.
+  ASSERT_EQ(d["disabled_jobs"].size(), 1u) << d.dump();
+  EXPECT_EQ(d["disabled_jobs"][0], job);
+  EXPECT_EQ(a.Status(job)["enabled"], false);
   ASSERT_TRUE(b.AddTarget("nodeA", {"--exec", a.ReceiveCommand()}));
   ASSERT_TRUE(b.CreateJob(job, "nodeA"));
   json reverse = b.Run(job);
