@@ -272,12 +272,18 @@ int DemoteCommand(const std::vector<std::string>& argv) {
     if (!replica.ok()) return ReportError(replica.status());
     std::error_code ec;
     std::string target = std::filesystem::absolute(r.volume_path, ec).string();
-    if (std::filesystem::is_symlink(*replica, ec)) std::filesystem::remove(*replica, ec);
-    if (std::filesystem::exists(*replica, ec)) {
-      return ReportError(Status::Aborted(*replica + " exists: the replica directory already holds this guest"));
+    if (std::filesystem::exists(*replica, ec) && std::filesystem::equivalent(*replica, target, ec)) {
+      // The volume is the replica file itself (a promoted replica, failing
+      // back): nothing to link.
+    } else {
+      if (std::filesystem::is_symlink(*replica, ec)) std::filesystem::remove(*replica, ec);
+      if (std::filesystem::exists(*replica, ec)) {
+        return ReportError(Status::Aborted(*replica + " exists and is not volume " + target +
+                                           ": the replica directory holds another copy of this guest"));
+      }
+      std::filesystem::create_symlink(target, *replica, ec);
+      if (ec) return ReportError(Status::IoError("symlink " + *replica + " -> " + target + ": " + ec.message()));
     }
-    std::filesystem::create_symlink(target, *replica, ec);
-    if (ec) return ReportError(Status::IoError("symlink " + *replica + " -> " + target + ": " + ec.message()));
     auto identity = ReplicaIdentityOf(*replica);
     if (!identity.ok()) return ReportError(identity.status());
     receiver::VolumeState vs;
