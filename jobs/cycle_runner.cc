@@ -474,6 +474,13 @@ Result<CycleResult> RunCycle(const CycleRequest& request) {
     s.cow = v.cow.get();
     sources.push_back(std::move(s));
   }
+  if (mode == proto::CYCLE_MODE_RESYNC && (link.session->features() & proto::kFeatureChecksumResync) == 0) {
+    // A receiver that cannot compare hashes (an older blkrep): the resync
+    // is a full cycle, every frozen block sent and written in place.
+    mode = proto::CYCLE_MODE_FULL;
+    for (shipper::VolumeSource& s : sources) s.base_epoch = 0;
+    result.resync_reason += " (the receiver cannot compare block hashes: every block is sent)";
+  }
   result.mode = mode == proto::CYCLE_MODE_FULL ? "full" : mode == proto::CYCLE_MODE_RESYNC ? "resync" : "incremental";
   NotifyStarted(request, result.mode, sources);
   Status shipped = link.session->ShipCycle(NewCycleId(), mode, sources, receiver, request.ship, &result.stats);

@@ -306,7 +306,7 @@ Status Session::Handshake(const proto::Hello& hello) {
                                std::to_string(hello.protocol_version()) + ", this receiver only " +
                                std::to_string(proto::kProtocolVersion));
   }
-  features_ = hello.feature_flags() & proto::kKnownFeatures;
+  features_ = hello.feature_flags() & proto::kKnownFeatures & options_.feature_mask;
   context_.volumes.assign(hello.volumes().begin(), hello.volumes().end());
 
   guest_dir_ = options_.replica_dir + "/" + guest_;

@@ -61,6 +61,9 @@ struct ReceiverOptions {
   // Received data is made durable (and becomes resumable) whenever this many
   // bytes arrived since the last time, and at CYCLE_END.
   std::uint64_t durability_batch_bytes = std::uint64_t{32} << 20;
+  // Feature bits the receiver may grant (`receive --compat-features`: an
+  // older receiver's, for compatibility tests); all it knows by default.
+  std::uint64_t feature_mask = ~std::uint64_t{0};
   // Test seam: called at the named points of a cycle ("cycle-begun",
   // "apply-pending", "applied-record", "applied"); a non-OK return stops the
   // session at once as if the process had died there: no ERROR frame, no

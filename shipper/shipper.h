@@ -110,6 +110,8 @@ struct ReceiverState {
 
 class ShipperSession {
  public:
+  // The feature flags the receiver granted in HELLO_REPLY (after Hello).
+  std::uint64_t features() const { return features_; }
   explicit ShipperSession(proto::Stream& stream) : stream_(stream), writer_(stream), reader_(stream) {}
 
   // Sends HELLO and reads HELLO_REPLY and the staged list.

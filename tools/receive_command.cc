@@ -30,7 +30,7 @@ namespace {
 using core::Status;
 
 constexpr const char* kUsage =
-    "usage: blkrep receive --stdio --replica-dir DIR [--sync-interval SIZE] | blkrep receive --listen HOST:PORT --replica-dir DIR (--psk-file FILE | --tls-cert FILE --tls-key FILE "
+    "usage: blkrep receive --stdio --replica-dir DIR [--sync-interval SIZE] [--compat-features BITS] | blkrep receive --listen HOST:PORT --replica-dir DIR (--psk-file FILE | --tls-cert FILE --tls-key FILE "
     "[--tls-ca FILE])";
 
 // Serves sessions from `listener` until SIGTERM/SIGINT. Each session runs on
@@ -80,7 +80,8 @@ int ServeListener(proto::Listener& listener, const receiver::ReceiverOptions& op
 }  // namespace
 
 int ReceiveCommand(const std::vector<std::string>& argv) {
-  auto args = ParseArgs(argv, {"replica-dir", "listen", "psk-file", "tls-cert", "tls-key", "tls-ca", "sync-interval", "state-dir"},
+  auto args = ParseArgs(argv, {"replica-dir", "listen", "psk-file", "tls-cert", "tls-key", "tls-ca", "sync-interval", "state-dir",
+                                "compat-features"},
                         {"stdio"});
   if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
   if (!args->positional.empty()) return ReportError(Status::InvalidArgument(kUsage));
@@ -101,6 +102,16 @@ int ReceiveCommand(const std::vector<std::string>& argv) {
     auto n = core::ParseSize(*interval);
     if (!n.ok() || *n < 4096) return ReportError(Status::InvalidArgument("--sync-interval: at least 4K"));
     options.durability_batch_bytes = *n;
+  }
+  if (auto mask = args->Value("compat-features")) {
+    // Grant at most these feature bits (a number): behave like an older
+    // receiver, to test a newer shipper against it.
+    char* end = nullptr;
+    unsigned long long v = std::strtoull(mask->c_str(), &end, 0);
+    if (mask->empty() || *end != '\0') {
+      return ReportError(Status::InvalidArgument("--compat-features: a number (feature bits), got '" + *mask + "'"));
+    }
+    options.feature_mask = v;
   }
   // A peer that goes away must turn into an error status, not a SIGPIPE.
   ::signal(SIGPIPE, SIG_IGN);

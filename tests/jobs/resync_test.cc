@@ -446,3 +446,37 @@ TEST(ResyncTest, AReplicaReplacedByAnAlteredCopyIsResyncedAndNotUpdatedIncrement
 
 }  // namespace
 }  // namespace blkrep::jobs::test
+
+namespace blkrep::jobs::test {
+namespace {
+
+// Against a receiver that cannot compare hashes (an older blkrep: the
+// feature is not granted), a resync falls back to a full cycle instead of
+// failing every time; verify reports that it cannot run.
+TEST(ResyncTest, AgainstAReceiverWithoutHashComparisonAResyncIsAFullCycle) {
+  BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
+  Rig rig;
+  rig.AddVolume("disk0", 1 * kMiB);
+  ASSERT_TRUE(rig.StartTracker());
+  ASSERT_TRUE(rig.QemuIo(qemu_io, "disk0", {"write -P 0x71 0 1M"}));
+  // Zstd and resume only: bits 0 and 1.
+  ASSERT_TRUE(rig.AddTarget("old", {"--exec", rig.ReceiveCommand() + " --compat-features 3"}));
+  ASSERT_TRUE(rig.CreateJob("vm100-1", "old"));
+  ASSERT_EQ(rig.Run("vm100-1")["mode"], "full");
+  DamageBlocks(rig.ReplicaPath("disk0"), 9, 3, 1);
+  RunResult resync = rig.Blkrep({"resync", "vm100-1", "--now", "--json"});
+  ASSERT_EQ(resync.exit_status, 0) << Describe(resync);
+  json r = json::parse(resync.out, nullptr, false);
+  ASSERT_TRUE(r.is_array() && r.size() == 1) << resync.out;
+  EXPECT_EQ(r[0]["mode"], "full");
+  EXPECT_EQ(r[0]["blocks_sent"], 256);
+  EXPECT_NE(r[0]["resync_reason"].get<std::string>().find("cannot compare"), std::string::npos) << resync.out;
+  rig.ExpectReplicasEqualSources();
+  EXPECT_EQ(rig.Status("vm100-1")["state"], "ok");
+  RunResult verify = rig.Blkrep({"verify", "vm100-1"});
+  EXPECT_EQ(verify.exit_status, 1) << Describe(verify);
+  EXPECT_NE(verify.err.find("does not compare block hashes"), std::string::npos) << verify.err;
+}
+
+}  // namespace
+}  // namespace blkrep::jobs::test
