@@ -485,6 +485,7 @@ Result<CycleResult> RunCycle(const CycleRequest& request) {
   NotifyStarted(request, result.mode, sources);
   Status shipped = link.session->ShipCycle(NewCycleId(), mode, sources, receiver, request.ship, &result.stats);
   result.blocks_sent = result.stats.data_blocks + result.stats.zero_blocks + result.stats.kept_blocks;
+  if (request.stats_out != nullptr) *request.stats_out = result.stats;
   if (!shipped.ok()) {
     (void)finish(false);
     return link.WithTarget(shipped);

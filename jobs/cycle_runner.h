@@ -46,6 +46,9 @@ struct CycleRequest {
   // and each volume's name and block count.
   std::function<void(const std::string& mode, const std::vector<std::pair<std::string, std::uint64_t>>& volumes)>
       on_started;
+  // Optional: receives what the shipper did, also when the cycle fails or is
+  // cancelled (CycleResult is only returned on success).
+  shipper::ShipStats* stats_out = nullptr;
 };
 
 struct CycleResult {

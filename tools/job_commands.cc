@@ -145,11 +145,10 @@ Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir
     }
   };
   auto started = std::chrono::steady_clock::now();
+  shipper::ShipStats stats;  // what the cycle did, also when it failed
+  request.stats_out = &stats;
   Result<jobs::CycleResult> ran = jobs::RunCycle(request);
   job.duration_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  // What the cycle did, also when it failed (a cancelled resync's events).
-  shipper::ShipStats stats;
-  if (ran.ok()) stats = ran->stats;
   if (ran.ok() && ran->resync_deferred) {
     job.state = "resync-required";
   } else if (ran.ok()) {

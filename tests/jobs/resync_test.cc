@@ -189,6 +189,9 @@ TEST(ResyncTest, ACancelledOrCutResyncLeavesTheReplicaAndResumeResyncFinishesWit
   std::vector<json> ended = EventsOfKind(rig, "resync-completed");
   ASSERT_EQ(ended.size(), 1u);
   EXPECT_EQ(ended[0]["details"]["result"], "cancelled");
+  // What it did before the cancel is counted, not reported as nothing.
+  EXPECT_GT(ended[0]["details"]["blocks_compared"].get<std::uint64_t>(), 0u) << ended[0].dump();
+  EXPECT_GT(ended[0]["details"]["bytes_sent"].get<std::uint64_t>(), 0u) << ended[0].dump();
   EXPECT_EQ(rig.Status("vm100-1")["state"], "resync-required");
 
   // Cut by the network a little later in its stream.
