@@ -36,7 +36,11 @@ inline constexpr std::uint64_t kFeatureResume = 1ULL << 1;
 // Checksum resync and verify (CYCLE_MODE_RESYNC compares hashes,
 // CYCLE_MODE_VERIFY, REPLICA_HASHES, HASH_CREDIT).
 inline constexpr std::uint64_t kFeatureChecksumResync = 1ULL << 2;
-inline constexpr std::uint64_t kKnownFeatures = kFeatureZstd | kFeatureResume | kFeatureChecksumResync;
+// Recovery points: CYCLE_BEGIN.recovery_points asks the receiver to keep the
+// undo data of the last N cycles (docs/replica-format.md, "Recovery points").
+inline constexpr std::uint64_t kFeatureRecoveryPoints = 1ULL << 3;
+inline constexpr std::uint64_t kKnownFeatures =
+    kFeatureZstd | kFeatureResume | kFeatureChecksumResync | kFeatureRecoveryPoints;
 
 // Caps (docs/wire-protocol.md, "Caps").
 inline constexpr std::uint32_t kMinBlockSizeBytes = 4096;
@@ -55,6 +59,8 @@ inline constexpr std::uint64_t kMaxVolumeBlocks = 1ULL << 32;
 inline constexpr std::uint32_t kMaxReplicaHashesPerFrame = 16384;
 inline constexpr std::uint32_t kReplicaHashBytes = 16;
 inline constexpr std::uint32_t kMaxHashWindowBlocks = 1U << 20;
+// CYCLE_BEGIN.recovery_points: cycles whose undo data the receiver keeps.
+inline constexpr std::uint32_t kMaxRecoveryPoints = 24;
 inline constexpr std::uint32_t kMaxReplicaHashesFrameBytes = kMaxReplicaHashesPerFrame * kReplicaHashBytes + 64;
 inline constexpr std::uint32_t kMaxSmallFrameBytes = 64U << 10;   // every other frame
 inline constexpr std::uint32_t kMaxHashFrameBytes = kMaxHashesPerFrame * 9 + 64;
