@@ -494,6 +494,10 @@ Result<Message> DecodeFrame(const RawFrame& f, const SessionContext& s) {
           m.mode() != CYCLE_MODE_VERIFY) {
         return c.Fail("unknown cycle mode " + std::to_string(m.mode()));
       }
+      if (m.recovery_points() > kMaxRecoveryPoints) {
+        return c.Fail("recovery_points " + std::to_string(m.recovery_points()) + " (0 to " +
+                      std::to_string(kMaxRecoveryPoints) + " allowed)");
+      }
       const bool compares = m.mode() == CYCLE_MODE_RESYNC || m.mode() == CYCLE_MODE_VERIFY;
       if (compares ? m.hash_window_blocks() == 0 || m.hash_window_blocks() > kMaxHashWindowBlocks
                    : m.hash_window_blocks() != 0) {

@@ -36,11 +36,15 @@ inline constexpr std::uint64_t kFeatureResume = 1ULL << 1;
 // Checksum resync and verify (CYCLE_MODE_RESYNC compares hashes,
 // CYCLE_MODE_VERIFY, REPLICA_HASHES, HASH_CREDIT).
 inline constexpr std::uint64_t kFeatureChecksumResync = 1ULL << 2;
+// Recovery points: CYCLE_BEGIN.recovery_points asks the receiver to keep the
+// undo data of the last N cycles (docs/replica-format.md, "Recovery points").
+inline constexpr std::uint64_t kFeatureRecoveryPoints = 1ULL << 3;
 // The receiver reports diverged blocks (ReplicaState.diverged): blocks its
 // replica changed after its committed epoch, which the shipper adds to an
 // incremental cycle (a reversed job after a failover or migration).
 inline constexpr std::uint64_t kFeatureDiverged = 1ULL << 5;
-inline constexpr std::uint64_t kKnownFeatures = kFeatureZstd | kFeatureResume | kFeatureChecksumResync | kFeatureDiverged;
+inline constexpr std::uint64_t kKnownFeatures =
+    kFeatureZstd | kFeatureResume | kFeatureChecksumResync | kFeatureRecoveryPoints | kFeatureDiverged;
 // Diverged ranges in one HELLO_REPLY, all volumes together (the receiver
 // coarsens to fit: a superset of the blocks).
 inline constexpr std::size_t kMaxDivergedRanges = 1024;
@@ -62,6 +66,8 @@ inline constexpr std::uint64_t kMaxVolumeBlocks = 1ULL << 32;
 inline constexpr std::uint32_t kMaxReplicaHashesPerFrame = 16384;
 inline constexpr std::uint32_t kReplicaHashBytes = 16;
 inline constexpr std::uint32_t kMaxHashWindowBlocks = 1U << 20;
+// CYCLE_BEGIN.recovery_points: cycles whose undo data the receiver keeps.
+inline constexpr std::uint32_t kMaxRecoveryPoints = 24;
 inline constexpr std::uint32_t kMaxReplicaHashesFrameBytes = kMaxReplicaHashesPerFrame * kReplicaHashBytes + 64;
 inline constexpr std::uint32_t kMaxSmallFrameBytes = 64U << 10;   // every other frame
 inline constexpr std::uint32_t kMaxHashFrameBytes = kMaxHashesPerFrame * 9 + 64;

@@ -1,5 +1,7 @@
 #include "receiver/guest_state.h"
 
+#include <sys/stat.h>
+
 #include <set>
 #include <string_view>
 
@@ -367,6 +369,24 @@ Status WriteGuestStateFile(core::FileSystem& fs, const std::string& guest_dir, c
   }
   BLKREP_RETURN_IF_ERROR(fs.Rename(tmp, path));
   return fs.SyncDir(guest_dir);
+}
+
+// The identity (guest_state.h) of the file `st` describes: a regular file
+// by device, inode and modification time, a block device by its device
+// number only (docs/replica-format.md, "Replica identity").
+ReplicaIdentity ReplicaIdentityOf(const struct stat& st) {
+  ReplicaIdentity id;
+  if (S_ISREG(st.st_mode)) {
+    id.kind = ReplicaKind::kRegularFile;
+    id.dev = static_cast<std::uint64_t>(st.st_dev);
+    id.ino = static_cast<std::uint64_t>(st.st_ino);
+    id.mtime_ns = static_cast<std::uint64_t>(st.st_mtim.tv_sec) * 1000000000U +
+                  static_cast<std::uint64_t>(st.st_mtim.tv_nsec);
+  } else if (S_ISBLK(st.st_mode)) {
+    id.kind = ReplicaKind::kBlockDevice;
+    id.dev = static_cast<std::uint64_t>(st.st_rdev);
+  }
+  return id;
 }
 
 }  // namespace blkrep::receiver

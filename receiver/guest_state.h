@@ -13,6 +13,8 @@
 // point); and when the applied cycle is committed.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -63,6 +65,10 @@ struct ReplicaIdentity {
   bool known() const { return kind != ReplicaKind::kUnknown; }
   bool operator==(const ReplicaIdentity&) const = default;
 };
+
+// The identity of the file `st` describes: a regular file by device, inode
+// and modification time, a block device by its device number only.
+ReplicaIdentity ReplicaIdentityOf(const struct stat& st);
 
 struct VolumeState {
   std::string name;

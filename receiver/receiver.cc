@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <variant>
 
 #include "core/file_block_device.h"
@@ -17,6 +18,7 @@
 #include "receiver/async_writer.h"
 #include "receiver/diverged.h"
 #include "receiver/guest_state.h"
+#include "receiver/recovery_points.h"
 #include "receiver/replica_hasher.h"
 #include "receiver/replica_layout.h"
 #include "receiver/staging.h"
@@ -55,30 +57,12 @@ const char* ModeName(int mode) {
   }
 }
 
-// The identity (guest_state.h) of the file `st` describes: a regular file
-// by device, inode and modification time, a block device by its device
-// number only (docs/replica-format.md, "Replica identity").
-ReplicaIdentity IdentityOf(const struct stat& st) {
-  ReplicaIdentity id;
-  if (S_ISREG(st.st_mode)) {
-    id.kind = ReplicaKind::kRegularFile;
-    id.dev = static_cast<std::uint64_t>(st.st_dev);
-    id.ino = static_cast<std::uint64_t>(st.st_ino);
-    id.mtime_ns = static_cast<std::uint64_t>(st.st_mtim.tv_sec) * 1000000000U +
-                  static_cast<std::uint64_t>(st.st_mtim.tv_nsec);
-  } else if (S_ISBLK(st.st_mode)) {
-    id.kind = ReplicaKind::kBlockDevice;
-    id.dev = static_cast<std::uint64_t>(st.st_rdev);
-  }
-  return id;
-}
-
 // The identity of the file `replica` has open (not of what its path names
 // now: the file the cycle wrote is the one to record).
 Result<ReplicaIdentity> IdentityOfOpen(const core::FileBlockDevice& replica) {
   struct stat st{};
   if (::fstat(replica.fd(), &st) != 0) return core::ErrnoStatus(errno, "fstat replica " + replica.path());
-  return IdentityOf(st);
+  return ReplicaIdentityOf(st);
 }
 
 // Whether `now` is the same file as `recorded` (a known identity): same
@@ -106,7 +90,7 @@ Result<ReplicaProbe> ProbeReplica(const std::string& path) {
   }
   ReplicaProbe probe;
   probe.exists = true;
-  probe.identity = IdentityOf(st);
+  probe.identity = ReplicaIdentityOf(st);
   if (S_ISREG(st.st_mode)) {
     probe.size_bytes = static_cast<std::uint64_t>(st.st_size);
   } else if (S_ISBLK(st.st_mode)) {
@@ -209,8 +193,13 @@ class Session {
   Status FlushVolume(VolumeSession& v);
   Status FlushBatch();
   Status Commit();
-  // Applies the cycle state_ says is pending and commits it in the state file.
-  Status FinishApply();
+  // Applies the cycle state_ says is pending and commits it in the state
+  // file. `recovery_points`: the cycle's, in the session that validated it
+  // (the undo data is captured); nullopt when a later session redoes the
+  // apply (recovery_points.h).
+  Status FinishApply(std::optional<std::uint32_t> recovery_points);
+  // The merged block ranges the apply of staged volume `vs` writes.
+  Result<std::vector<BlockRange>> ApplyRanges(const VolumeState& vs);
   Status ApplyVolume(VolumeState& vs, StagingFiles* open_staging, core::FileBlockDevice* open_replica);
   Status Crash(std::string_view point);
 
@@ -242,6 +231,8 @@ class Session {
   bool verify_ = false;
   std::unique_ptr<ReplicaHasher> hasher_;
   std::uint32_t attempt_ = 0;
+  // CYCLE_BEGIN's recovery_points (0 unless the feature was granted).
+  std::uint32_t recovery_points_ = 0;
   std::uint64_t batch_bytes_ = 0;
   std::unique_ptr<ZSTD_DCtx, DctxDeleter> dctx_;
   std::vector<std::byte> raw_buffer_;
@@ -340,7 +331,7 @@ Status Session::Handshake(const proto::Hello& hello) {
   }
 
   BLKREP_ASSIGN_OR_RETURN(state_, ReadGuestStateFile(fs_, guest_dir_));
-  if (state_.apply_pending) BLKREP_RETURN_IF_ERROR(FinishApply());
+  if (state_.apply_pending) BLKREP_RETURN_IF_ERROR(FinishApply(std::nullopt));
   job_matches_ = state_.job.empty() || state_.job == job_;
 
   for (VolumeSession& v : volumes_) {
@@ -454,6 +445,7 @@ Status Session::SendReplicaState() {
 Status Session::BeginCycle(const proto::CycleBegin& begin) {
   cycle_id_ = begin.cycle_id();
   mode_ = begin.mode();
+  recovery_points_ = (features_ & proto::kFeatureRecoveryPoints) != 0 ? begin.recovery_points() : 0;
   compares_ = mode_ == proto::CYCLE_MODE_RESYNC || mode_ == proto::CYCLE_MODE_VERIFY;
   verify_ = mode_ == proto::CYCLE_MODE_VERIFY;
   if (report_ != nullptr) {
@@ -508,6 +500,13 @@ Status Session::BeginCycle(const proto::CycleBegin& begin) {
       }
     }
   }
+
+  // Recovery points rest on the replicas as committed: a cycle that writes
+  // them in place, a replica replaced behind our back and another job end
+  // them all, before anything touches a replica (recovery_points.h).
+  bool drop_points = in_place_ || !job_matches_;
+  for (const proto::VolumeCycle& vc : begin.volumes()) drop_points = drop_points || volumes_[vc.volume()].replaced;
+  if (drop_points) BLKREP_RETURN_IF_ERROR(DropAllPoints(fs_, guest_dir_));
 
   // The new state: a new attempt; staging of an earlier attempt survives
   // only where it can serve this cycle.
@@ -948,7 +947,7 @@ Status Session::Commit() {
   state_.apply_pending = true;
   BLKREP_RETURN_IF_ERROR(WriteGuestStateFile(fs_, guest_dir_, state_));
   BLKREP_RETURN_IF_ERROR(Crash("apply-pending"));
-  BLKREP_RETURN_IF_ERROR(FinishApply());
+  BLKREP_RETURN_IF_ERROR(FinishApply(recovery_points_));
   // The cycle brought every diverged block (the shipper took them, or
   // compared or copied every block): the replica is its epoch exactly.
   for (const VolumeSession& v : volumes_) {
@@ -965,7 +964,35 @@ Status Session::Commit() {
   return writer_.Send(FrameType::kAck, ack);
 }
 
-Status Session::FinishApply() {
+Result<std::vector<BlockRange>> Session::ApplyRanges(const VolumeState& vs) {
+  BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<StagingFiles> staging,
+                          StagingFiles::Open(fs_, staging_dir_, vs.name, vs.staging.staging_id,
+                                             vs.staging.block_size_bytes));
+  std::vector<BlockRange> ranges;
+  BLKREP_RETURN_IF_ERROR(staging->ForEachRecord([&](const IndexRecord& r) -> Status {
+    if (r.attempt == state_.attempt && r.kind != RecordKind::kDrop) ranges.push_back({r.first_block, r.block_count});
+    return Status::Ok();
+  }));
+  std::sort(ranges.begin(), ranges.end(), [](const BlockRange& a, const BlockRange& b) { return a.first < b.first; });
+  std::vector<BlockRange> merged;
+  for (const BlockRange& r : ranges) {
+    if (!merged.empty() && r.first <= merged.back().first + merged.back().count) {
+      merged.back().count = std::max(merged.back().count, r.first + r.count - merged.back().first);
+    } else {
+      merged.push_back(r);
+    }
+  }
+  return merged;
+}
+
+Status Session::FinishApply(std::optional<std::uint32_t> recovery_points) {
+  // Before the first block is written: the undo data of a staged cycle
+  // (durable), or the points dropped (recovery_points.h).
+  PointsApply points;
+  BLKREP_RETURN_IF_ERROR(PrepareApply(
+      fs_, options_.replica_dir, guest_, state_, recovery_points,
+      [this](const VolumeState& vs) { return ApplyRanges(vs); }, &points));
+  BLKREP_RETURN_IF_ERROR(Crash("points-captured"));
   std::vector<std::string> failed;
   std::string failures;
   for (VolumeState& vs : state_.volumes) {
@@ -1009,7 +1036,11 @@ Status Session::FinishApply() {
   state_.cycle_id = 0;
   state_.mode = 0;
   state_.apply_pending = false;
+  BLKREP_RETURN_IF_ERROR(CommitHead(fs_, guest_dir_, points));
   BLKREP_RETURN_IF_ERROR(WriteGuestStateFile(fs_, guest_dir_, state_));
+  // A volume that could not be applied holds no point: keep none.
+  if (!failed.empty()) points.retain = 0;
+  BLKREP_RETURN_IF_ERROR(Retain(fs_, guest_dir_, points));
   // The staging files are garbage now; one left behind by a crash is
   // harmless (its header names a staging the state no longer refers to).
   for (VolumeSession& v : volumes_) {

@@ -40,6 +40,9 @@
 //   overwritten in place a durable "drop" record withdraws it.
 // - Nothing a frame carries touches a file before the whole frame passed
 //   proto::DecodeFrame and the session checks (order, coverage, hashes).
+// - Recovery points (recovery_points.h): the apply of a staged cycle first
+//   copies the old contents of the blocks it will write into a durable undo
+//   file under .points/; full and in-place cycles drop every point.
 //
 // Thread safety: ServeSession may run concurrently for different guests;
 // a second session for a guest that is being received is refused.
@@ -65,8 +68,8 @@ struct ReceiverOptions {
   // older receiver's, for compatibility tests); all it knows by default.
   std::uint64_t feature_mask = ~std::uint64_t{0};
   // Test seam: called at the named points of a cycle ("cycle-begun",
-  // "apply-pending", "applied-record", "applied"); a non-OK return stops the
-  // session at once as if the process had died there: no ERROR frame, no
+  // "apply-pending", "points-captured", "applied-record", "applied"); a
+  // non-OK return stops the session at once as if the process had died there: no ERROR frame, no
   // flush, the status is returned.
   std::function<core::Status(std::string_view point)> crash_hook;
 };

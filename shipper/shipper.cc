@@ -399,6 +399,9 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
   begin.set_cycle_id(cycle_id);
   begin.set_mode(mode);
   if (compares) begin.set_hash_window_blocks(window_blocks);
+  if ((features_ & proto::kFeatureRecoveryPoints) != 0 && mode != proto::CYCLE_MODE_VERIFY) {
+    begin.set_recovery_points(std::min(options.recovery_points, proto::kMaxRecoveryPoints));
+  }
   std::uint64_t total_bytes = 0;
   for (std::size_t i = 0; i < volumes.size(); ++i) {
     proto::VolumeCycle* vc = begin.add_volumes();

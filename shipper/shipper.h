@@ -77,6 +77,10 @@ struct ShipOptions {
   // twice the blocks in the read pipeline if that is more. A receiver far
   // ahead would take turns on a shared disk instead of reading alongside.
   std::uint32_t hash_window_blocks = 0;
+  // Recovery points the receiver keeps (CYCLE_BEGIN.recovery_points, 0 to
+  // proto::kMaxRecoveryPoints; more is sent as the cap), when it negotiated
+  // kFeatureRecoveryPoints; an older receiver keeps none.
+  std::uint32_t recovery_points = 0;
   // Polled between batches; true stops the cycle with kCancelled (an ERROR
   // frame tells the receiver, which keeps what it durably staged).
   const std::atomic<bool>* cancel = nullptr;

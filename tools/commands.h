@@ -22,5 +22,6 @@ int UpdateCommand(const std::vector<std::string>& argv);
 int VerifyCommand(const std::vector<std::string>& argv);
 int PromoteCommand(const std::vector<std::string>& argv);
 int DemoteCommand(const std::vector<std::string>& argv);
+int RecoveryPointsCommand(const std::vector<std::string>& argv);
 
 }  // namespace blkrep::tools

@@ -18,6 +18,8 @@ constexpr const char* kUsage =
     "  journal write GUEST NAME=VOLUME --offset SIZE --length SIZE [...]\n"
     "                                     write to a volume through the tracking layer\n"
     "  receive --stdio --replica-dir DIR  receive one session on stdin/stdout\n"
+    "  recovery-points GUEST --replica-dir DIR [--json]\n"
+    "                                     the recovery points kept for GUEST\n"
     "  target add NAME (--exec CMD | --ssh [USER@]HOST | --connect HOST:PORT) [auth options]\n"
     "  target list [--json]               where replicas go\n"
     "  create-local-job JOBID TARGET [--schedule SPEC] [--rate MBPS] [--comment TEXT] [--disable]\n"
@@ -59,6 +61,7 @@ int main(int argc, char** argv) {
   if (command == "verify") return blkrep::tools::VerifyCommand(rest);
   if (command == "promote") return blkrep::tools::PromoteCommand(rest);
   if (command == "demote") return blkrep::tools::DemoteCommand(rest);
+  if (command == "recovery-points") return blkrep::tools::RecoveryPointsCommand(rest);
   if (command == "version" || command == "--version") {
     std::printf("blkrep %s\n", BLKREP_VERSION);
     return blkrep::tools::kExitOk;

@@ -888,6 +888,23 @@ TEST(DecodeFrameTest, CycleThatComparesNothingMustNotCarryAHashWindow) {
   ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c), {"hash window of 1048576 blocks", "compares nothing"});
 }
 
+TEST(DecodeFrameTest, RecoveryPointsAreZeroTo24) {
+  CycleBegin c = GoodCycleBegin();
+  for (std::uint32_t n : {0u, 1u, kMaxRecoveryPoints}) {
+    c.set_recovery_points(n);
+    EXPECT_TRUE(DecodeIn(FrameType::kCycleBegin, c).ok()) << n;
+  }
+  c.set_recovery_points(kMaxRecoveryPoints + 1);
+  ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c), {"CYCLE_BEGIN frame", "recovery_points 25", "0 to 24"});
+  c.set_recovery_points(~std::uint32_t{0});
+  ExpectCorruption(DecodeIn(FrameType::kCycleBegin, c), {"recovery_points 4294967295"});
+}
+
+TEST(FeatureFlagsTest, RecoveryPointsIsBit3AndKnown) {
+  EXPECT_EQ(kFeatureRecoveryPoints, std::uint64_t{1} << 3);
+  EXPECT_NE(kKnownFeatures & kFeatureRecoveryPoints, 0u);
+}
+
 TEST(DecodeFrameTest, VerifyCycleWithAnEpochIsRejected) {
   for (int field = 0; field < 2; ++field) {
     CycleBegin c = GoodComparingCycleBegin(CYCLE_MODE_VERIFY);

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <set>
@@ -26,6 +27,7 @@
 
 #include "core/hash.h"
 #include "proto/frame.h"
+#include "receiver/recovery_points.h"
 #include "receiver/replica_layout.h"
 #include "tests/core/temp_dir.h"
 
@@ -39,7 +41,7 @@ using core::test_support::TempDir;
 using proto::FrameType;
 
 constexpr std::uint32_t kBlockBytes = 4096;
-constexpr std::uint64_t kAllFeatures = proto::kFeatureZstd | proto::kFeatureResume;
+constexpr std::uint64_t kAllFeatures = proto::kFeatureZstd | proto::kFeatureResume | proto::kFeatureRecoveryPoints;
 const char* const kGuest = "vm100";
 const char* const kJob = "vm100-0";
 
@@ -117,6 +119,7 @@ struct ShipOptions {
   bool zstd = false;
   std::uint32_t batch_blocks = 4;
   std::set<std::uint64_t> keep;  // blocks to send as KEEP
+  std::uint32_t recovery_points = 0;  // CYCLE_BEGIN's (RunCycle)
 };
 
 ShipOptions Zstd(std::uint32_t batch_blocks = 4) {
@@ -174,6 +177,7 @@ class TestShipper {
     proto::CycleBegin m;
     m.set_cycle_id(cycle_id);
     m.set_mode(mode);
+    m.set_recovery_points(recovery_points);
     for (std::size_t i = 0; i < blocks.size(); ++i) {
       proto::VolumeCycle* v = m.add_volumes();
       v->set_volume(static_cast<std::uint32_t>(i));
@@ -286,6 +290,8 @@ class TestShipper {
   std::vector<Counts>& counts() { return counts_; }
   const std::vector<SentFrame>& sent() const { return sent_; }
 
+  std::uint32_t recovery_points = 0;  // sent in CYCLE_BEGIN
+
  private:
   Status Send(FrameType type, const google::protobuf::MessageLite& m, std::uint32_t vol, std::uint64_t first,
               std::uint64_t count) {
@@ -368,6 +374,7 @@ class ReceiverTest : public ::testing::Test {
     }
     std::vector<std::uint64_t> counts;
     for (const auto& d : dirty) counts.push_back(d.size());
+    shipper.recovery_points = ship.recovery_points;
     EXPECT_TRUE(shipper.Begin(cycle_id, mode, epoch, base_epoch, counts).ok());
     for (std::uint32_t i = 0; i < volumes.size(); ++i) EXPECT_TRUE(shipper.Ship(i, dirty[i], ship).ok());
     EXPECT_TRUE(shipper.End(cycle_id).ok());
@@ -1193,6 +1200,313 @@ TEST(ReceiveCommandTest, StdioServesOneSessionAndErrorsGoToStderr) {
   std::string cmd = std::string(bin) + " receive --stdio 2>/dev/null </dev/null >/dev/null";
   status = std::system(cmd.c_str());
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2);
+}
+
+// ---- recovery points ----
+
+// A guest of two volumes replicated with recovery_points N: a full cycle at
+// epoch 1, then incremental cycles that each change some blocks (data and
+// zeroes) of both volumes. images_[e] are the volumes at epoch e.
+class RecoveryPointsTest : public ReceiverTest {
+ protected:
+  void SetUp() override {
+    volumes_ = {{"disk0", MakeImage(64 * kBlockBytes, 11)}, {"disk1", MakeImage(48 * kBlockBytes + 1000, 12)}};
+    images_.push_back({});  // no epoch 0
+  }
+
+  Status Full(std::uint64_t epoch, std::uint32_t n) {
+    ShipOptions ship;
+    ship.recovery_points = n;
+    Status s = RunCycle(volumes_, epoch, proto::CYCLE_MODE_FULL, epoch, 0, {}, ship);
+    Record(epoch);
+    return s;
+  }
+
+  // Changes a few blocks of each volume (one run zeroed) and ships them.
+  Status Incremental(std::uint64_t epoch, std::uint32_t n, const ReceiverOptions* options = nullptr) {
+    std::vector<std::vector<std::uint64_t>> dirty;
+    for (std::size_t i = 0; i < volumes_.size(); ++i) {
+      std::vector<std::byte>& image = volumes_[i].image;
+      std::set<std::uint64_t> blocks;
+      const std::uint64_t count = BlockCount(image);
+      for (std::uint64_t k = 0; k < 6; ++k) blocks.insert((epoch * 7 + k * 5 + i) % count);
+      blocks.insert(count - 1);  // the short last block of disk1
+      std::vector<std::byte> fresh = Pattern(image.size(), static_cast<std::uint32_t>(epoch * 100 + i));
+      for (std::uint64_t b : blocks) {
+        std::uint64_t start = b * kBlockBytes, end = std::min<std::uint64_t>(start + kBlockBytes, image.size());
+        const bool zero = b % 3 == 0;
+        for (std::uint64_t x = start; x < end; ++x) image[x] = zero ? std::byte{0} : fresh[x];
+      }
+      dirty.emplace_back(blocks.begin(), blocks.end());
+    }
+    ShipOptions ship;
+    ship.recovery_points = n;
+    Status s = RunCycle(volumes_, epoch, proto::CYCLE_MODE_INCREMENTAL, epoch, epoch - 1, dirty, ship, options);
+    Record(epoch);
+    return s;
+  }
+
+  void Record(std::uint64_t epoch) {
+    images_.resize(epoch + 1);
+    images_[epoch].clear();
+    for (const Volume& v : volumes_) images_[epoch].push_back(v.image);
+  }
+
+  // Reads every volume at `p` and compares it with the images of its epoch.
+  void ExpectPointReads(const RecoveryPoint& p) {
+    auto lock = LockGuest(Options().replica_dir, kGuest);
+    ASSERT_TRUE(lock.ok()) << lock.status().ToString();
+    ASSERT_EQ(p.volumes.size(), volumes_.size());
+    for (std::size_t i = 0; i < p.volumes.size(); ++i) {
+      const PointVolume& pv = p.volumes[i];
+      ASSERT_LT(pv.epoch, images_.size());
+      const std::vector<std::byte>& want = images_[pv.epoch][i];
+      auto vol = PointInTimeVolume::Open(Options().replica_dir, kGuest, pv.name, p.id);
+      ASSERT_TRUE(vol.ok()) << vol.status().ToString();
+      ASSERT_EQ((*vol)->size_bytes(), want.size());
+      EXPECT_EQ((*vol)->block_size_bytes(), kBlockBytes);
+      std::vector<std::byte> got(want.size());
+      Status s = (*vol)->Read(0, got);
+      ASSERT_TRUE(s.ok()) << s.ToString();
+      EXPECT_EQ(core::Xxh3_64(got), core::Xxh3_64(want)) << pv.name << " at point " << p.id << " epoch " << pv.epoch;
+      // An unaligned read across blocks.
+      std::vector<std::byte> part(kBlockBytes + 300);
+      ASSERT_TRUE((*vol)->Read(kBlockBytes - 100, part).ok());
+      EXPECT_TRUE(std::equal(part.begin(), part.end(), want.begin() + (kBlockBytes - 100)));
+      EXPECT_EQ((*vol)->Read(want.size() - 10, std::span(part).first(11)).code(), core::Code::kOutOfRange);
+    }
+  }
+
+  std::vector<RecoveryPoint> List() {
+    auto points = ListRecoveryPoints(Options().replica_dir, kGuest);
+    EXPECT_TRUE(points.ok()) << points.status().ToString();
+    return points.ok() ? *points : std::vector<RecoveryPoint>{};
+  }
+
+  std::vector<std::string> UndoFiles() const {
+    std::vector<std::string> out;
+    std::string dir = Options().replica_dir + "/" + kGuest + "/.points";
+    if (!std::filesystem::exists(dir)) return out;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) {
+      if (e.path().extension() == ".undo") out.push_back(e.path().string());
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  static std::vector<std::uint64_t> Epochs(const std::vector<RecoveryPoint>& points) {
+    std::vector<std::uint64_t> out;
+    for (const RecoveryPoint& p : points) out.push_back(p.volumes.empty() ? 0 : p.volumes[0].epoch);
+    return out;
+  }
+
+  std::vector<Volume> volumes_;
+  std::vector<std::vector<std::vector<std::byte>>> images_;  // [epoch][volume]
+};
+
+TEST_F(RecoveryPointsTest, KeepsTheLastNCyclesAndEveryPointReadsAsItsCycle) {
+  ASSERT_TRUE(Full(1, 2).ok());
+  for (std::uint64_t e = 2; e <= 5; ++e) ASSERT_TRUE(Incremental(e, 2).ok()) << e;
+  std::vector<RecoveryPoint> points = List();
+  ASSERT_EQ(points.size(), 3u);
+  EXPECT_EQ(Epochs(points), (std::vector<std::uint64_t>{3, 4, 5}));
+  EXPECT_FALSE(points[0].latest);
+  EXPECT_FALSE(points[1].latest);
+  EXPECT_TRUE(points[2].latest);
+  EXPECT_LT(points[0].id, points[1].id);
+  EXPECT_LT(points[1].id, points[2].id);
+  EXPECT_EQ(points[2].undo_bytes, 0u);
+  for (const RecoveryPoint& p : points) {
+    EXPECT_GT(p.commit_time, 0u);
+    ExpectPointReads(p);
+  }
+  // The undo data is the changed blocks only, not the volumes.
+  EXPECT_GT(points[0].undo_bytes, 7 * kBlockBytes);
+  EXPECT_LT(points[0].undo_bytes, 20 * kBlockBytes);
+  EXPECT_EQ(UndoFiles().size(), 2u);  // retention removed the older ones
+  // Ids are stable: the next cycle keeps the ids of the points it keeps.
+  const std::uint64_t id4 = points[1].id, id5 = points[2].id;
+  ASSERT_TRUE(Incremental(6, 2).ok());
+  points = List();
+  ASSERT_EQ(points.size(), 3u);
+  EXPECT_EQ(points[0].id, id4);
+  EXPECT_EQ(points[1].id, id5);
+  EXPECT_EQ(Epochs(points), (std::vector<std::uint64_t>{4, 5, 6}));
+  for (const RecoveryPoint& p : points) ExpectPointReads(p);
+}
+
+TEST_F(RecoveryPointsTest, ZeroPointsCapturesNothingAndDropsWhatWasKept) {
+  ASSERT_TRUE(Full(1, 0).ok());
+  ASSERT_TRUE(Incremental(2, 0).ok());
+  EXPECT_FALSE(std::filesystem::exists(Options().replica_dir + "/" + kGuest + "/.points"));
+  std::vector<RecoveryPoint> points = List();
+  ASSERT_EQ(points.size(), 1u);
+  EXPECT_TRUE(points[0].latest);
+  EXPECT_EQ(Epochs(points), (std::vector<std::uint64_t>{2}));
+
+  ASSERT_TRUE(Incremental(3, 3).ok());
+  ASSERT_TRUE(Incremental(4, 3).ok());
+  EXPECT_EQ(List().size(), 3u);
+  for (const RecoveryPoint& p : List()) ExpectPointReads(p);
+  ASSERT_TRUE(Incremental(5, 0).ok());
+  EXPECT_TRUE(UndoFiles().empty());
+  EXPECT_EQ(Epochs(List()), (std::vector<std::uint64_t>{5}));
+}
+
+TEST_F(RecoveryPointsTest, CrashInTheMiddleOfTheApplyIsRedoneWithoutCapturingAgain) {
+  ASSERT_TRUE(Full(1, 2).ok());
+  ASSERT_TRUE(Incremental(2, 2).ok());
+  ReceiverOptions crash = Options();
+  int records = 0;
+  crash.crash_hook = [&](std::string_view at) {
+    return at == "applied-record" && ++records == 2 ? Status::Aborted("simulated crash") : Status::Ok();
+  };
+  EXPECT_FALSE(Incremental(3, 2, &crash).ok());
+  ASSERT_EQ(records, 2);
+  EXPECT_TRUE(ReadGuestState(Options().replica_dir, kGuest)->apply_pending);
+  EXPECT_EQ(ListRecoveryPoints(Options().replica_dir, kGuest).status().code(), core::Code::kAborted);
+  // The next session (one that only asks) redoes the apply.
+  AskState(volumes_);
+  std::vector<RecoveryPoint> points = List();
+  EXPECT_EQ(Epochs(points), (std::vector<std::uint64_t>{1, 2, 3}));
+  for (const RecoveryPoint& p : points) ExpectPointReads(p);
+  for (const Volume& v : volumes_) ExpectReplicaEquals(v);
+}
+
+TEST_F(RecoveryPointsTest, CrashDuringTheCaptureLeavesTheReplicaAndTheRedoKeepsNoDoubtfulPoint) {
+  ASSERT_TRUE(Full(1, 2).ok());
+  ASSERT_TRUE(Incremental(2, 2).ok());
+  ReceiverOptions crash = Options();
+  crash.crash_hook = [](std::string_view at) {
+    return at == "points-captured" ? Status::Aborted("simulated crash") : Status::Ok();
+  };
+  const std::uint64_t before = ReplicaChecksum("disk0");
+  EXPECT_FALSE(Incremental(3, 2, &crash).ok());
+  EXPECT_EQ(ReplicaChecksum("disk0"), before);  // captured, not applied yet
+  AskState(volumes_);
+  std::vector<RecoveryPoint> points = List();
+  EXPECT_EQ(Epochs(points), (std::vector<std::uint64_t>{1, 2, 3}));
+  for (const RecoveryPoint& p : points) ExpectPointReads(p);
+}
+
+TEST_F(RecoveryPointsTest, FullCycleDropsEveryPoint) {
+  ASSERT_TRUE(Full(1, 3).ok());
+  ASSERT_TRUE(Incremental(2, 3).ok());
+  ASSERT_TRUE(Incremental(3, 3).ok());
+  ASSERT_EQ(List().size(), 3u);
+  const std::uint64_t latest = List().back().id;
+  ASSERT_TRUE(Full(4, 3).ok());
+  std::vector<RecoveryPoint> points = List();
+  ASSERT_EQ(points.size(), 1u);
+  EXPECT_GT(points[0].id, latest);
+  EXPECT_TRUE(UndoFiles().empty());
+  ASSERT_TRUE(Incremental(5, 3).ok());
+  EXPECT_EQ(Epochs(List()), (std::vector<std::uint64_t>{4, 5}));
+}
+
+TEST_F(RecoveryPointsTest, RollbackToAMiddlePointGivesItsBytesAndEpochs) {
+  ASSERT_TRUE(Full(1, 3).ok());
+  for (std::uint64_t e = 2; e <= 4; ++e) ASSERT_TRUE(Incremental(e, 3).ok());
+  std::vector<RecoveryPoint> points = List();
+  ASSERT_EQ(Epochs(points), (std::vector<std::uint64_t>{1, 2, 3, 4}));
+  const RecoveryPoint middle = points[1];
+  Status s = RollbackToPoint(Options().replica_dir, kGuest, middle.id);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  for (std::size_t i = 0; i < volumes_.size(); ++i) {
+    std::vector<std::byte> bytes = ReadFile(Replica(volumes_[i].name));
+    EXPECT_EQ(core::Xxh3_64(bytes), core::Xxh3_64(images_[2][i])) << volumes_[i].name;
+  }
+  auto state = ReadGuestState(Options().replica_dir, kGuest);
+  ASSERT_TRUE(state.ok());
+  for (const VolumeReplicaState& v : state->volumes) {
+    EXPECT_EQ(v.committed_epoch, 2u);
+    EXPECT_FALSE(v.incomplete);
+  }
+  points = List();
+  EXPECT_EQ(Epochs(points), (std::vector<std::uint64_t>{1, 2}));
+  EXPECT_EQ(points.back().id, middle.id);
+  EXPECT_TRUE(points.back().latest);
+  ExpectPointReads(points[0]);
+  // The replica is the point it was rolled back to: the shipper sees epoch
+  // 2, and an incremental on it commits.
+  Reply reply = AskState(volumes_);
+  EXPECT_EQ(reply.hello.volumes(0).committed_epoch(), 2u);
+  EXPECT_FALSE(reply.hello.volumes(0).replaced());
+  for (std::size_t i = 0; i < volumes_.size(); ++i) volumes_[i].image = images_[2][i];
+  images_.resize(3);
+  ASSERT_TRUE(Incremental(3, 3).ok());
+  for (const Volume& v : volumes_) ExpectReplicaEquals(v);
+  EXPECT_EQ(Epochs(List()), (std::vector<std::uint64_t>{1, 2, 3}));
+  EXPECT_EQ(RollbackToPoint(Options().replica_dir, kGuest, 999).code(), core::Code::kNotFound);
+}
+
+TEST_F(RecoveryPointsTest, CorruptUndoFileIsAOneLineErrorNamingTheFile) {
+  ASSERT_TRUE(Full(1, 2).ok());
+  ASSERT_TRUE(Incremental(2, 2).ok());
+  ASSERT_TRUE(Incremental(3, 2).ok());
+  std::vector<std::string> undo = UndoFiles();
+  ASSERT_EQ(undo.size(), 2u);
+  // A flipped data byte: listing works, reading that block fails.
+  const std::uint64_t size = std::filesystem::file_size(undo[0]);
+  MutateFile(undo[0], [&](std::vector<std::byte>& b) { b[size - 5] ^= std::byte{1}; });
+  std::vector<RecoveryPoint> points = List();
+  ASSERT_EQ(points.size(), 3u);
+  {
+    auto lock = LockGuest(Options().replica_dir, kGuest);
+    ASSERT_TRUE(lock.ok());
+    auto vol = PointInTimeVolume::Open(Options().replica_dir, kGuest, "disk1", points[0].id);
+    ASSERT_TRUE(vol.ok()) << vol.status().ToString();
+    std::vector<std::byte> all((*vol)->size_bytes());
+    Status s = (*vol)->Read(0, all);
+    EXPECT_EQ(s.code(), core::Code::kCorruption);
+    EXPECT_NE(s.message().find(undo[0]), std::string::npos) << s.ToString();
+    EXPECT_NE(s.message().find("does not match its hash"), std::string::npos) << s.ToString();
+    // A second session is refused while the lock is held.
+    EXPECT_EQ(LockGuest(Options().replica_dir, kGuest).status().code(), core::Code::kAborted);
+  }
+  // A flipped metadata byte: the checksum.
+  MutateFile(undo[1], [](std::vector<std::byte>& b) { b[70] ^= std::byte{1}; });
+  auto listed = ListRecoveryPoints(Options().replica_dir, kGuest);
+  ASSERT_EQ(listed.status().code(), core::Code::kCorruption);
+  EXPECT_NE(listed.status().message().find(undo[1]), std::string::npos) << listed.status().ToString();
+  EXPECT_NE(listed.status().message().find("checksum mismatch"), std::string::npos);
+  EXPECT_EQ(listed.status().message().find('\n'), std::string::npos);
+  // The next cycle does not trust it: it keeps no doubtful point.
+  ASSERT_TRUE(Incremental(4, 2).ok());
+  for (const RecoveryPoint& p : List()) ExpectPointReads(p);
+}
+
+TEST_F(RecoveryPointsTest, CommandListsThePointsAsJson) {
+  const char* bin = std::getenv("BLKREP_BIN");
+  if (bin == nullptr || ::access(bin, X_OK) != 0) GTEST_SKIP() << "BLKREP_BIN is not set";
+  ASSERT_TRUE(Full(1, 2).ok());
+  ASSERT_TRUE(Incremental(2, 2).ok());
+  auto run = [&](const std::string& args, int* exit_code) {
+    std::string out;
+    FILE* p = ::popen((std::string(bin) + " " + args + " 2>&1").c_str(), "r");
+    char buf[4096];
+    std::size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    int status = ::pclose(p);
+    *exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return out;
+  };
+  int code = -1;
+  std::string out = run("recovery-points vm100 --replica-dir " + Options().replica_dir + " --json", &code);
+  EXPECT_EQ(code, 0) << out;
+  std::vector<RecoveryPoint> points = List();
+  ASSERT_EQ(points.size(), 2u);
+  EXPECT_NE(out.find("\"guest\": \"vm100\""), std::string::npos) << out;
+  EXPECT_NE(out.find("\"id\": " + std::to_string(points[0].id)), std::string::npos) << out;
+  EXPECT_NE(out.find("\"latest\": true"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"undo_bytes\": " + std::to_string(points[0].undo_bytes)), std::string::npos) << out;
+  EXPECT_NE(out.find("\"name\": \"disk1\""), std::string::npos) << out;
+  EXPECT_NE(out.find("\"epoch\": 2"), std::string::npos) << out;
+  run("recovery-points vm999 --replica-dir " + Options().replica_dir, &code);
+  EXPECT_EQ(code, 1);
+  out = run("recovery-points --replica-dir " + Options().replica_dir, &code);
+  EXPECT_EQ(code, 2);
+  EXPECT_NE(out.find("blkrep: error: "), std::string::npos) << out;
 }
 
 }  // namespace
