@@ -20,5 +20,7 @@ int ResumeCommand(const std::vector<std::string>& argv);
 int ResyncCommand(const std::vector<std::string>& argv);
 int UpdateCommand(const std::vector<std::string>& argv);
 int VerifyCommand(const std::vector<std::string>& argv);
+int MeasureCommand(const std::vector<std::string>& argv);
+int MetricsCommand(const std::vector<std::string>& argv);
 
 }  // namespace blkrep::tools
