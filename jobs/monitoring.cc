@@ -119,6 +119,17 @@ void Raise(Measurement& m, Health level, std::string reason) {
 
 }  // namespace
 
+std::string EscapePrometheusText(const std::string& text, bool label_value) {
+  std::string out;
+  for (char c : text) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '\n') out += "\\n";
+    else if (c == '"' && label_value) out += "\\\"";
+    else out += c;
+  }
+  return out;
+}
+
 std::optional<double> DetailNumber(const std::string& json_object, const std::string& key) {
   bool is_string = false;
   auto token = DetailToken(json_object, key, &is_string);

@@ -125,6 +125,11 @@ core::Result<std::vector<Measurement>> MeasureJobs(JobStore& store, const std::s
 core::Result<std::uint64_t> ReadPendingBytes(const std::string& state_dir, const std::string& guest,
                                              const std::string& job);
 
+// `text` as a label value (`label_value`) or HELP text of the Prometheus
+// text exposition format: backslash and newline escaped as \\ and \n, and in
+// a label value the double quote as \".
+std::string EscapePrometheusText(const std::string& text, bool label_value);
+
 // The number `key` holds at the top level of a JSON object this program
 // wrote (an event's details); none if absent or not a number.
 std::optional<double> DetailNumber(const std::string& json_object, const std::string& key);

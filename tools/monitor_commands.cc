@@ -89,32 +89,19 @@ void WriteMeasurementJson(core::JsonWriter& w, const jobs::Measurement& m) {
   w.EndObject();
 }
 
-// A label value or HELP text in the exposition format: backslash, newline
-// and (in label values) the double quote escaped.
-std::string EscapeMetricText(const std::string& text, bool label_value) {
-  std::string out;
-  for (char c : text) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '\n') out += "\\n";
-    else if (c == '"' && label_value) out += "\\\"";
-    else out += c;
-  }
-  return out;
-}
-
 // Builds the exposition text: each metric family once, its # HELP and
 // # TYPE lines, then one sample per job.
 class Exposition {
  public:
   void Family(const std::string& name, const std::string& type, const std::string& help) {
-    text_ += "# HELP " + name + " " + EscapeMetricText(help, false) + "\n";
+    text_ += "# HELP " + name + " " + jobs::EscapePrometheusText(help, false) + "\n";
     text_ += "# TYPE " + name + " " + type + "\n";
   }
   void Sample(const std::string& name, const jobs::Measurement& m, double value,
               const std::string& extra_label = "", const std::string& extra_value = "") {
-    text_ += name + "{job=\"" + EscapeMetricText(m.job, true) + "\",guest=\"" + EscapeMetricText(m.guest, true) +
-             "\",target=\"" + EscapeMetricText(m.target, true) + "\"";
-    if (!extra_label.empty()) text_ += "," + extra_label + "=\"" + EscapeMetricText(extra_value, true) + "\"";
+    text_ += name + "{job=\"" + jobs::EscapePrometheusText(m.job, true) + "\",guest=\"" + jobs::EscapePrometheusText(m.guest, true) +
+             "\",target=\"" + jobs::EscapePrometheusText(m.target, true) + "\"";
+    if (!extra_label.empty()) text_ += "," + extra_label + "=\"" + jobs::EscapePrometheusText(extra_value, true) + "\"";
     text_ += "} " + Number(value) + "\n";
   }
   void Plain(const std::string& name, double value) { text_ += name + " " + Number(value) + "\n"; }
@@ -289,9 +276,9 @@ int MeasureCommand(const std::vector<std::string>& argv) {
   for (const auto& m : *ms) {
     for (const auto& r : m.health_reasons) std::printf("%s: %s\n", m.job.c_str(), r.c_str());
   }
-  if (!ms->empty()) {
-    std::printf("window: %s to %s\n", FormatTime(ms->front().window_start).c_str(),
-                FormatTime(ms->front().window_end).c_str());
+  for (const auto& m : *ms) {
+    std::printf("%s: window %s to %s\n", m.job.c_str(), FormatTime(m.window_start).c_str(),
+                FormatTime(m.window_end).c_str());
   }
   return kExitOk;
 }

@@ -329,6 +329,13 @@ TEST(MonitoringCliTest, OneMissedCycleInFourIsAWarningInMeasureStatusAndMetrics)
                                   std::to_string(std::time(nullptr) - 1500)}));
   EXPECT_EQ(later["health"], "normal") << later.dump();
   EXPECT_EQ(later["success_count"], 2);
+  // Suspended: a warning saying so, in measure and status alike.
+  ASSERT_EQ(rig.Blkrep({"suspend", "vm100-1"}).exit_status, 0);
+  later = JsonOf(rig.Blkrep({"measure", "vm100-1", "--json", "--since", std::to_string(std::time(nullptr) - 1500)}));
+  EXPECT_EQ(later["state"], "suspended");
+  EXPECT_EQ(later["health"], "warning");
+  EXPECT_EQ(later["health_reasons"], json::array({"replication is suspended (blkrep resume vm100-1)"}));
+  EXPECT_EQ(rig.Status("vm100-1")["health_reasons"].size(), 2u);  // and the 1 in 4 of the default window
 }
 
 TEST(MonitoringCliTest, TheValidatorRejectsWhatTheFormatForbids) {

@@ -210,6 +210,12 @@ TEST(MonitoringTest, DetailNumberReadsTopLevelNumbersOnly) {
   EXPECT_FALSE(DetailNumber("", "bytes_sent").has_value());
 }
 
+TEST(MonitoringTest, PrometheusEscapingCoversBackslashNewlineAndQuotesInLabels) {
+  EXPECT_EQ(EscapePrometheusText("a\\b\nc\"d", true), "a\\\\b\\nc\\\"d");
+  EXPECT_EQ(EscapePrometheusText("a\\b\nc\"d", false), "a\\\\b\\nc\"d");
+  EXPECT_EQ(EscapePrometheusText("vm100-1", true), "vm100-1");
+}
+
 TEST(MonitoringTest, MeasureJobsReadsTheStoresEventsAndClipsTheDefaultWindowToTheFirstEvent) {
   core::test_support::TempDir dir;
   ASSERT_FALSE(dir.path().empty());
