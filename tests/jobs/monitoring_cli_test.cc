@@ -358,18 +358,26 @@ TEST(MonitoringCliTest, PrometheusClientParsesTheMetrics) {
     GTEST_SKIP() << "python3-prometheus-client is not installed (Debian: apt-get install python3-prometheus-client)";
   }
   Rig rig;
+  rig.AddVolume("disk0", 256 * 1024);
+  ASSERT_TRUE(JournalWrite(rig, rig.volumes()[0], 0, kBlockBytes, 5));
   ASSERT_TRUE(rig.AddLocalTarget("local"));
   ASSERT_TRUE(rig.CreateJob("vm100-1", "local"));
+  ASSERT_FALSE(rig.Run("vm100-1").is_null());
   std::string prom = rig.dir().File("blkrep.prom");
   RunResult out = rig.Blkrep({"metrics", "--output", prom});
   ASSERT_EQ(out.exit_status, 0) << Describe(out);
   RunResult parsed = RunProgram(
       rig.dir(), {"/usr/bin/python3", "-c",
                   "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n"
-                  "n = sum(len(f.samples) for f in p(open(sys.argv[1]).read()))\nprint(n)\n",
+                  "fs = list(p(open(sys.argv[1]).read()))\n"
+                  "assert all(f.name.startswith('blkrep_') and f.type == 'gauge' for f in fs), fs\n"
+                  "print(sum(len(f.samples) for f in fs))\n",
                   prom});
   ASSERT_EQ(parsed.exit_status, 0) << Describe(parsed);
-  EXPECT_GT(std::atoi(parsed.out.c_str()), 10) << parsed.out;
+  std::vector<Sample> samples;
+  ASSERT_EQ(ValidateExposition(Slurp(prom), &samples), "");
+  EXPECT_EQ(std::atoi(parsed.out.c_str()), static_cast<int>(samples.size())) << parsed.out;
+  EXPECT_GT(samples.size(), 10u);
 }
 
 }  // namespace
