@@ -20,9 +20,12 @@ using core::Status;
 
 const char* HealthName(Health health) {
   switch (health) {
-    case Health::kNormal: return "normal";
-    case Health::kWarning: return "warning";
-    case Health::kCritical: return "critical";
+    case Health::kNormal:
+      return "normal";
+    case Health::kWarning:
+      return "warning";
+    case Health::kCritical:
+      return "critical";
   }
   return "unknown";
 }
@@ -122,10 +125,14 @@ void Raise(Measurement& m, Health level, std::string reason) {
 std::string EscapePrometheusText(const std::string& text, bool label_value) {
   std::string out;
   for (char c : text) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '\n') out += "\\n";
-    else if (c == '"' && label_value) out += "\\\"";
-    else out += c;
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '\n')
+      out += "\\n";
+    else if (c == '"' && label_value)
+      out += "\\\"";
+    else
+      out += c;
   }
   return out;
 }
@@ -161,7 +168,8 @@ Measurement Measure(const MeasureInput& in) {
     if (!oldest_known || e.time < *oldest_known) oldest_known = e.time;
     if (e.kind == "cycle-completed") {
       ++m.success_count;
-      std::uint64_t bytes = static_cast<std::uint64_t>(std::max(0.0, DetailNumber(e.details, "bytes_sent").value_or(0)));
+      std::uint64_t bytes =
+          static_cast<std::uint64_t>(std::max(0.0, DetailNumber(e.details, "bytes_sent").value_or(0)));
       double latency_s = std::max(0.0, DetailNumber(e.details, "duration").value_or(0));
       m.total_bytes += bytes;
       m.maximum_size_bytes = std::max(m.maximum_size_bytes, bytes);
@@ -259,8 +267,7 @@ Result<std::vector<Measurement>> MeasureJobs(JobStore& store, const std::string&
   return out;
 }
 
-Result<std::uint64_t> ReadPendingBytes(const std::string& state_dir, const std::string& guest,
-                                       const std::string& job) {
+Result<std::uint64_t> ReadPendingBytes(const std::string& state_dir, const std::string& guest, const std::string& job) {
   std::string dir = tracker::JournalDir(state_dir, guest);
   std::vector<std::string> paths;
   std::error_code ec;
@@ -282,10 +289,9 @@ Result<std::uint64_t> ReadPendingBytes(const std::string& state_dir, const std::
     for (const auto& t : r->targets) {
       if (t.name == job) target = &t;
     }
-    std::uint64_t blocks = target ? target->dirty_blocks
-                                  : (r->block_size_bytes ? (r->volume_size_bytes + r->block_size_bytes - 1) /
-                                                               r->block_size_bytes
-                                                         : 0);
+    std::uint64_t blocks =
+        target ? target->dirty_blocks
+               : (r->block_size_bytes ? (r->volume_size_bytes + r->block_size_bytes - 1) / r->block_size_bytes : 0);
     pending_bytes += blocks * r->block_size_bytes;
   }
   return pending_bytes;

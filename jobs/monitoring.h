@@ -86,15 +86,15 @@ struct Measurement {
   // that run started, as `status` shows it), else the newest
   // cycle-completed event in the window.
   std::optional<std::int64_t> last_success;
-  std::uint64_t success_count = 0;           // cycle-completed in the window
-  std::uint64_t missed_count = 0;            // failed + deferred
-  std::uint64_t failed_count = 0;            // cycle-failed
-  std::uint64_t deferred_count = 0;          // resync-deferred
-  std::uint64_t error_count = 0;             // = failed_count (Hyper-V's ReplicationErrors)
-  std::uint64_t total_bytes = 0;             // on the wire, successful cycles
-  std::uint64_t average_size_bytes = 0;      // total_bytes / success_count, rounded down; 0 if none
+  std::uint64_t success_count = 0;       // cycle-completed in the window
+  std::uint64_t missed_count = 0;        // failed + deferred
+  std::uint64_t failed_count = 0;        // cycle-failed
+  std::uint64_t deferred_count = 0;      // resync-deferred
+  std::uint64_t error_count = 0;         // = failed_count (Hyper-V's ReplicationErrors)
+  std::uint64_t total_bytes = 0;         // on the wire, successful cycles
+  std::uint64_t average_size_bytes = 0;  // total_bytes / success_count, rounded down; 0 if none
   std::uint64_t maximum_size_bytes = 0;
-  double average_latency_s = 0;              // cycle durations; 0 if none
+  double average_latency_s = 0;  // cycle durations; 0 if none
   double maximum_latency_s = 0;
   std::optional<std::uint64_t> pending_bytes;
 };
@@ -113,8 +113,8 @@ std::map<std::string, std::string> ApplyJournalState(const std::string& state_di
 // (none when the guest has no journal or a journal cannot be read: a
 // monitor reports what it can).
 core::Result<std::vector<Measurement>> MeasureJobs(JobStore& store, const std::string& state_dir,
-                                                   const std::vector<Job>& jobs, std::int64_t since,
-                                                   std::int64_t now, bool clip_to_first_event, bool read_pending);
+                                                   const std::vector<Job>& jobs, std::int64_t since, std::int64_t now,
+                                                   bool clip_to_first_event, bool read_pending);
 
 // Pending bytes of a job: for every journal of the guest
 // (STATE/journal/GUEST/*.journal), the blocks dirty for the job's target

@@ -84,8 +84,10 @@ void WriteMeasurementJson(core::JsonWriter& w, const jobs::Measurement& m) {
   w.Key("average_latency_seconds").Double(m.average_latency_s);
   w.Key("maximum_latency_seconds").Double(m.maximum_latency_s);
   w.Key("pending_bytes");
-  if (m.pending_bytes) w.Uint(*m.pending_bytes);
-  else w.Null();
+  if (m.pending_bytes)
+    w.Uint(*m.pending_bytes);
+  else
+    w.Null();
   w.EndObject();
 }
 
@@ -97,10 +99,11 @@ class Exposition {
     text_ += "# HELP " + name + " " + jobs::EscapePrometheusText(help, false) + "\n";
     text_ += "# TYPE " + name + " " + type + "\n";
   }
-  void Sample(const std::string& name, const jobs::Measurement& m, double value,
-              const std::string& extra_label = "", const std::string& extra_value = "") {
-    text_ += name + "{job=\"" + jobs::EscapePrometheusText(m.job, true) + "\",guest=\"" + jobs::EscapePrometheusText(m.guest, true) +
-             "\",target=\"" + jobs::EscapePrometheusText(m.target, true) + "\"";
+  void Sample(const std::string& name, const jobs::Measurement& m, double value, const std::string& extra_label = "",
+              const std::string& extra_value = "") {
+    text_ += name + "{job=\"" + jobs::EscapePrometheusText(m.job, true) + "\",guest=\"" +
+             jobs::EscapePrometheusText(m.guest, true) + "\",target=\"" + jobs::EscapePrometheusText(m.target, true) +
+             "\"";
     if (!extra_label.empty()) text_ += "," + extra_label + "=\"" + jobs::EscapePrometheusText(extra_value, true) + "\"";
     text_ += "} " + Number(value) + "\n";
   }
@@ -138,8 +141,7 @@ std::string MetricsText(const std::vector<jobs::Job>& jobs, const std::vector<jo
        [](const jobs::Job& j, const jobs::Measurement&) { return j.enabled ? 1.0 : 0.0; }},
       {"blkrep_job_health", "Replication health: 0 normal, 1 warning, 2 critical (blkrep measure gives the reasons).",
        [](const jobs::Job&, const jobs::Measurement& m) { return static_cast<double>(m.health); }},
-      {"blkrep_job_last_sync_timestamp_seconds",
-       "When the last successful replication cycle started (absent if none).",
+      {"blkrep_job_last_sync_timestamp_seconds", "When the last successful replication cycle started (absent if none).",
        [&](const jobs::Job& j, const jobs::Measurement&) { return opt(j.last_sync); }},
       {"blkrep_job_next_sync_timestamp_seconds",
        "When the job runs next (absent for a disabled or suspended job, or a schedule without a next time).",
@@ -187,9 +189,7 @@ std::string MetricsText(const std::vector<jobs::Job>& jobs, const std::vector<jo
   return x.text();
 }
 
-Status ErrnoStatus(const std::string& what, int error) {
-  return Status::IoError(what + ": " + std::strerror(error));
-}
+Status ErrnoStatus(const std::string& what, int error) { return Status::IoError(what + ": " + std::strerror(error)); }
 
 // Replaces `path` with `text`: PATH.tmp written, fsynced and renamed over
 // it, the directory fsynced; mode 0644 whatever the umask.
@@ -203,12 +203,15 @@ Status WriteFileAtomically(const std::string& path, const std::string& text) {
   while (status.ok() && done < text.size()) {
     ssize_t n = ::write(fd, text.data() + done, text.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) status = ErrnoStatus("write " + tmp, errno);
-    else done += static_cast<std::size_t>(n);
+    if (n < 0)
+      status = ErrnoStatus("write " + tmp, errno);
+    else
+      done += static_cast<std::size_t>(n);
   }
   if (status.ok() && ::fsync(fd) != 0) status = ErrnoStatus("fsync " + tmp, errno);
   if (::close(fd) != 0 && status.ok()) status = ErrnoStatus("close " + tmp, errno);
-  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) status = ErrnoStatus("rename " + tmp + " to " + path, errno);
+  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0)
+    status = ErrnoStatus("rename " + tmp + " to " + path, errno);
   if (!status.ok()) {
     ::unlink(tmp.c_str());
     return status;
@@ -240,7 +243,8 @@ int MeasureCommand(const std::vector<std::string>& argv) {
   if (explicit_window) {
     auto parsed = ParseTime(*args->Value("since"));
     if (!parsed.ok()) return ReportError(parsed.status());
-    if (*parsed > now) return ReportError(Status::InvalidArgument("--since: " + *args->Value("since") + " is in the future"));
+    if (*parsed > now)
+      return ReportError(Status::InvalidArgument("--since: " + *args->Value("since") + " is in the future"));
     since = *parsed;
   }
   auto store = OpenStore(*args);
@@ -261,12 +265,11 @@ int MeasureCommand(const std::vector<std::string>& argv) {
     std::printf("%s\n", w.str().c_str());
     return kExitOk;
   }
-  std::printf("%-12s %-15s %-8s %-20s %10s %10s %10s %10s %10s %7s %6s %6s\n", "JobID", "State", "Health",
-              "LastSync", "Pending", "AvgSize", "MaxSize", "AvgLatency", "MaxLatency", "Success", "Missed",
-              "Errors");
+  std::printf("%-12s %-15s %-8s %-20s %10s %10s %10s %10s %10s %7s %6s %6s\n", "JobID", "State", "Health", "LastSync",
+              "Pending", "AvgSize", "MaxSize", "AvgLatency", "MaxLatency", "Success", "Missed", "Errors");
   for (const auto& m : *ms) {
-    std::printf("%-12s %-15s %-8s %-20s %10s %10s %10s %10s %10s %7llu %6llu %6llu\n", m.job.c_str(),
-                m.state.c_str(), jobs::HealthName(m.health), FormatTime(m.last_success).c_str(),
+    std::printf("%-12s %-15s %-8s %-20s %10s %10s %10s %10s %10s %7llu %6llu %6llu\n", m.job.c_str(), m.state.c_str(),
+                jobs::HealthName(m.health), FormatTime(m.last_success).c_str(),
                 m.pending_bytes ? core::FormatSize(*m.pending_bytes).c_str() : "-",
                 core::FormatSize(m.average_size_bytes).c_str(), core::FormatSize(m.maximum_size_bytes).c_str(),
                 FormatSeconds(m.average_latency_s).c_str(), FormatSeconds(m.maximum_latency_s).c_str(),

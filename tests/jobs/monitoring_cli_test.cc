@@ -3,13 +3,12 @@
 // local receiver), then `measure --json`, `status --json` and `metrics`,
 // whose figures must match the runs' own reports exactly; the metrics text
 // is checked line by line against the Prometheus exposition format.
-#include <sys/stat.h>
-
+#include <dirent.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <cmath>
 #include <cstdlib>
-#include <dirent.h>
 #include <map>
 #include <regex>
 #include <set>
@@ -25,8 +24,8 @@ namespace {
 // tracking layer, journal first), as a test step.
 bool JournalWrite(Rig& rig, const VolumeSpec& v, std::uint64_t offset, std::uint64_t length, int pattern) {
   RunResult r = rig.Blkrep({"journal", "write", kGuest, v.name + "=" + v.path, "--offset", std::to_string(offset),
-                            "--length", std::to_string(length), "--pattern", std::to_string(pattern),
-                            "--block-size", std::to_string(kBlockBytes)});
+                            "--length", std::to_string(length), "--pattern", std::to_string(pattern), "--block-size",
+                            std::to_string(kBlockBytes)});
   EXPECT_EQ(r.exit_status, 0) << Describe(r);
   return r.exit_status == 0;
 }
@@ -49,8 +48,7 @@ struct Sample {
 std::string ValidateExposition(const std::string& text, std::vector<Sample>* samples) {
   static const std::regex kHelp(R"(# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*))");
   static const std::regex kType(R"(# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped))");
-  static const std::regex kSample(
-      R"(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? ([^ ]+)( -?[0-9]+)?)");
+  static const std::regex kSample(R"(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? ([^ ]+)( -?[0-9]+)?)");
   static const std::regex kLabel(R"re(([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\\\|\\"|\\n)*)"(,|$))re");
   if (text.empty() || text.back() != '\n') return "the text does not end with a newline";
   std::set<std::string> helped, typed, families_done, series;
@@ -325,8 +323,8 @@ TEST(MonitoringCliTest, OneMissedCycleInFourIsAWarningInMeasureStatusAndMetrics)
   EXPECT_EQ(SampleValue(samples, "blkrep_job_health"), 1);
   EXPECT_TRUE(std::isnan(SampleValue(samples, "blkrep_job_pending_bytes")));
   // A window that starts after the failure: normal.
-  json later = JsonOf(rig.Blkrep({"measure", "vm100-1", "--json", "--since",
-                                  std::to_string(std::time(nullptr) - 1500)}));
+  json later =
+      JsonOf(rig.Blkrep({"measure", "vm100-1", "--json", "--since", std::to_string(std::time(nullptr) - 1500)}));
   EXPECT_EQ(later["health"], "normal") << later.dump();
   EXPECT_EQ(later["success_count"], 2);
   // Suspended: a warning saying so, in measure and status alike.
@@ -342,7 +340,7 @@ TEST(MonitoringCliTest, TheValidatorRejectsWhatTheFormatForbids) {
   std::vector<Sample> s;
   const std::string ok = "# HELP a_bytes x\n# TYPE a_bytes gauge\na_bytes{job=\"q\\\"\\\\\\n\"} 1\n";
   EXPECT_EQ(ValidateExposition(ok, &s), "");
-  EXPECT_NE(ValidateExposition("# HELP a x\n# TYPE a gauge\na 1", &s), "");                 // no final newline
+  EXPECT_NE(ValidateExposition("# HELP a x\n# TYPE a gauge\na 1", &s), "");                  // no final newline
   EXPECT_NE(ValidateExposition("a 1\n", &s), "");                                            // no TYPE
   EXPECT_NE(ValidateExposition("# HELP a x\n# TYPE a gauge\na{job=\"x\"y\"} 1\n", &s), "");  // bad escape
   EXPECT_NE(ValidateExposition("# HELP a x\n# TYPE a gauge\na{1job=\"x\"} 1\n", &s), "");    // bad label name
@@ -366,13 +364,13 @@ TEST(MonitoringCliTest, PrometheusClientParsesTheMetrics) {
   std::string prom = rig.dir().File("blkrep.prom");
   RunResult out = rig.Blkrep({"metrics", "--output", prom});
   ASSERT_EQ(out.exit_status, 0) << Describe(out);
-  RunResult parsed = RunProgram(
-      rig.dir(), {"/usr/bin/python3", "-c",
-                  "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n"
-                  "fs = list(p(open(sys.argv[1]).read()))\n"
-                  "assert all(f.name.startswith('blkrep_') and f.type == 'gauge' for f in fs), fs\n"
-                  "print(sum(len(f.samples) for f in fs))\n",
-                  prom});
+  RunResult parsed =
+      RunProgram(rig.dir(), {"/usr/bin/python3", "-c",
+                             "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n"
+                             "fs = list(p(open(sys.argv[1]).read()))\n"
+                             "assert all(f.name.startswith('blkrep_') and f.type == 'gauge' for f in fs), fs\n"
+                             "print(sum(len(f.samples) for f in fs))\n",
+                             prom});
   ASSERT_EQ(parsed.exit_status, 0) << Describe(parsed);
   std::vector<Sample> samples;
   ASSERT_EQ(ValidateExposition(Slurp(prom), &samples), "");

@@ -31,8 +31,10 @@ Event Completed(std::int64_t time, std::uint64_t bytes, double duration_s, const
   e.kind = "cycle-completed";
   e.job = job;
   e.guest = "vm7";
-  e.details = "{\"mode\":\"incremental\",\"blocks_sent\":3,\"data_blocks\":3,\"zero_blocks\":0,\"kept_blocks\":0,"
-              "\"bytes_sent\":" + std::to_string(bytes) + ",\"duration\":" + std::to_string(duration_s) + "}";
+  e.details =
+      "{\"mode\":\"incremental\",\"blocks_sent\":3,\"data_blocks\":3,\"zero_blocks\":0,\"kept_blocks\":0,"
+      "\"bytes_sent\":" +
+      std::to_string(bytes) + ",\"duration\":" + std::to_string(duration_s) + "}";
   return e;
 }
 
@@ -58,17 +60,16 @@ MeasureInput Input(Job job, std::vector<Event> events) {
 TEST(MonitoringTest, FiguresCountOnlyTheJobsEventsInsideTheWindow) {
   Job job = MakeJob();
   job.last_sync = kNow - 600;
-  MeasureInput in = Input(job, {
-      Completed(kSince - 1, 999'999, 99),  // before the window
-      Completed(kNow - 5000, 100, 1.5),
-      Other(kNow - 4000, "cycle-failed", "{\"error\":\"x\",\"fail_count\":1}"),
-      Completed(kNow - 3000, 300, 0.5),
-      Other(kNow - 2500, "resync-deferred", "{\"reason\":\"r\"}"),
-      Other(kNow - 2400, "verify-completed", "{\"bytes_sent\":77777}"),
-      Completed(kNow - 600, 200, 4.0),
-      Completed(kNow - 500, 5000, 9, "vm7-2"),  // another job
-      Completed(kNow + 1, 5000, 9),             // after now
-  });
+  MeasureInput in =
+      Input(job, {
+                     Completed(kSince - 1, 999'999, 99),  // before the window
+                     Completed(kNow - 5000, 100, 1.5),
+                     Other(kNow - 4000, "cycle-failed", "{\"error\":\"x\",\"fail_count\":1}"),
+                     Completed(kNow - 3000, 300, 0.5), Other(kNow - 2500, "resync-deferred", "{\"reason\":\"r\"}"),
+                     Other(kNow - 2400, "verify-completed", "{\"bytes_sent\":77777}"), Completed(kNow - 600, 200, 4.0),
+                     Completed(kNow - 500, 5000, 9, "vm7-2"),  // another job
+                     Completed(kNow + 1, 5000, 9),             // after now
+                 });
   in.pending_bytes = 12288;
   Measurement m = Measure(in);
   EXPECT_EQ(m.job, "vm7-1");
@@ -188,18 +189,18 @@ TEST(MonitoringTest, SeveralRulesGiveSeveralReasonsAndTheWorstLevel) {
   job.last_sync = kNow - 7200;
   Measurement m = Measure(Input(job, {Other(kNow - 100, "cycle-failed")}));
   EXPECT_EQ(m.health, Health::kCritical);
-  EXPECT_EQ(m.health_reasons,
-            (std::vector<std::string>{"replication failed: boom",
-                                      "1 of 1 cycles missed in the window (100%, warning at 20%)",
-                                      "no cycle succeeded for 2h 0m (warning after 1h 0m)"}));
+  EXPECT_EQ(m.health_reasons, (std::vector<std::string>{"replication failed: boom",
+                                                        "1 of 1 cycles missed in the window (100%, warning at 20%)",
+                                                        "no cycle succeeded for 2h 0m (warning after 1h 0m)"}));
   EXPECT_STREQ(HealthName(Health::kNormal), "normal");
   EXPECT_STREQ(HealthName(Health::kWarning), "warning");
   EXPECT_STREQ(HealthName(Health::kCritical), "critical");
 }
 
 TEST(MonitoringTest, DetailNumberReadsTopLevelNumbersOnly) {
-  const std::string d = "{\"note\":\"\\\"bytes_sent\\\":5,\",\"nested\":{\"bytes_sent\":6},\"bytes_sent\":7,"
-                        "\"duration\":0.125,\"mode\":\"full\",\"neg\":-2e3}";
+  const std::string d =
+      "{\"note\":\"\\\"bytes_sent\\\":5,\",\"nested\":{\"bytes_sent\":6},\"bytes_sent\":7,"
+      "\"duration\":0.125,\"mode\":\"full\",\"neg\":-2e3}";
   EXPECT_EQ(DetailNumber(d, "bytes_sent"), 7.0);
   EXPECT_EQ(DetailNumber(d, "duration"), 0.125);
   EXPECT_EQ(DetailNumber(d, "neg"), -2000.0);
@@ -224,9 +225,9 @@ TEST(MonitoringTest, MeasureJobsReadsTheStoresEventsAndClipsTheDefaultWindowToTh
   ASSERT_TRUE((*store)->AddTarget(Target{"dr", {"--exec", "true"}}).ok());
   Job job = MakeJob();
   ASSERT_TRUE((*store)->CreateJob(job).ok());
-  for (const Event& e : {Completed(kNow - 4000, 1000, 2), Other(kNow - 3000, "cycle-failed"),
-                         Completed(kNow - 2000, 3000, 4), Completed(kNow - 1000, 2000, 3),
-                         Completed(kSince - 10, 1, 1)}) {
+  for (const Event& e :
+       {Completed(kNow - 4000, 1000, 2), Other(kNow - 3000, "cycle-failed"), Completed(kNow - 2000, 3000, 4),
+        Completed(kNow - 1000, 2000, 3), Completed(kSince - 10, 1, 1)}) {
     ASSERT_TRUE((*store)->AddEvent(e).ok());
   }
   auto jobs = (*store)->ListJobs();
