@@ -23,5 +23,7 @@ int VerifyCommand(const std::vector<std::string>& argv);
 int PromoteCommand(const std::vector<std::string>& argv);
 int DemoteCommand(const std::vector<std::string>& argv);
 int RecoveryPointsCommand(const std::vector<std::string>& argv);
+int MeasureCommand(const std::vector<std::string>& argv);
+int MetricsCommand(const std::vector<std::string>& argv);
 
 }  // namespace blkrep::tools

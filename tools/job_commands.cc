@@ -16,6 +16,7 @@
 #include "core/units.h"
 #include "jobs/cycle_runner.h"
 #include "jobs/job_store.h"
+#include "jobs/monitoring.h"
 #include "proto/transport.h"
 #include "tools/cli.h"
 #include "tools/commands.h"
@@ -425,6 +426,13 @@ int StatusCommand(const std::vector<std::string>& argv) {
     if (resync_reasons.count(j.id)) j.state = "resync-required";
   }
   if (args->Flag("json")) {
+    // Health as `blkrep measure` judges it over the last 24 hours.
+    const std::int64_t now = Now();
+    auto measured = jobs::MeasureJobs(**store, StateDir(*args), *all, now - jobs::kDefaultMonitoringWindowSeconds, now,
+                                      /*clip_to_first_event=*/true, /*read_pending=*/false);
+    if (!measured.ok()) return ReportError(measured.status());
+    std::map<std::string, jobs::Measurement> health;
+    for (auto& m : *measured) health[m.job] = std::move(m);
     core::JsonWriter w(core::JsonStyle::kPretty);
     w.BeginArray();
     for (const auto& j : *all) {
@@ -449,6 +457,9 @@ int StatusCommand(const std::vector<std::string>& argv) {
       w.Key("resync_reason");
       if (auto it = resync_reasons.find(j.id); it != resync_reasons.end()) w.String(it->second);
       else w.Null();
+      w.Key("health").String(jobs::HealthName(health[j.id].health)).Key("health_reasons").BeginArray();
+      for (const auto& reason : health[j.id].health_reasons) w.String(reason);
+      w.EndArray();
       w.EndObject();
     }
     w.EndArray();

@@ -32,6 +32,9 @@ constexpr const char* kUsage =
     "                                     pause a job's cycles (changes keep being tracked), go on\n"
     "  resync JOBID [--now] [--at TIME]   compare every block's hash on both sides, send what differs\n"
     "  verify JOBID [--json]              compare without sending; exit 1 and the ranges that differ\n"
+    "  measure [JOBID] [--json] [--since TIME]\n"
+    "                                     replication figures and health (Measure-VMReplication)\n"
+    "  metrics [--output FILE]            Prometheus text format (node_exporter's textfile collector)\n"
     "  version                            print the version\n"
     "\n"
     "common options: --state-dir DIR (default $BLKREP_STATE_DIR or /var/lib/blkrep)\n";
@@ -62,6 +65,8 @@ int main(int argc, char** argv) {
   if (command == "promote") return blkrep::tools::PromoteCommand(rest);
   if (command == "demote") return blkrep::tools::DemoteCommand(rest);
   if (command == "recovery-points") return blkrep::tools::RecoveryPointsCommand(rest);
+  if (command == "measure") return blkrep::tools::MeasureCommand(rest);
+  if (command == "metrics") return blkrep::tools::MetricsCommand(rest);
   if (command == "version" || command == "--version") {
     std::printf("blkrep %s\n", BLKREP_VERSION);
     return blkrep::tools::kExitOk;
