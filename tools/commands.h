@@ -20,5 +20,6 @@ int ResumeCommand(const std::vector<std::string>& argv);
 int ResyncCommand(const std::vector<std::string>& argv);
 int UpdateCommand(const std::vector<std::string>& argv);
 int VerifyCommand(const std::vector<std::string>& argv);
+int TestFailoverCommand(const std::vector<std::string>& argv);
 
 }  // namespace blkrep::tools

@@ -30,6 +30,8 @@ constexpr const char* kUsage =
     "                                     pause a job's cycles (changes keep being tracked), go on\n"
     "  resync JOBID [--now] [--at TIME]   compare every block's hash on both sides, send what differs\n"
     "  verify JOBID [--json]              compare without sending; exit 1 and the ranges that differ\n"
+    "  test-failover GUEST --replica-dir DIR --nbd-socket PATH [--nbd-listen HOST:PORT] [--point ID]\n"
+    "                [--overlay-dir DIR]  serve the replicas writable over NBD, writes discarded at exit\n"
     "  version                            print the version\n"
     "\n"
     "common options: --state-dir DIR (default $BLKREP_STATE_DIR or /var/lib/blkrep)\n";
@@ -57,6 +59,7 @@ int main(int argc, char** argv) {
   if (command == "resync") return blkrep::tools::ResyncCommand(rest);
   if (command == "update") return blkrep::tools::UpdateCommand(rest);
   if (command == "verify") return blkrep::tools::VerifyCommand(rest);
+  if (command == "test-failover") return blkrep::tools::TestFailoverCommand(rest);
   if (command == "version" || command == "--version") {
     std::printf("blkrep %s\n", BLKREP_VERSION);
     return blkrep::tools::kExitOk;
