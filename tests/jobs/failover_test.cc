@@ -162,6 +162,37 @@ TEST(TestFailoverTest, ServesTheReplicasWritableAndLeavesThemUntouched) {
   rig.ExpectReplicasEqualSources();
 }
 
+// Every NBD command through the view, with libnbd (tests/tracker/nbd_ops.py
+// checks each reply): FUA, write-zeroes with and without holes, trim,
+// flush, FAST_ZERO refused, a read past the end refused with the connection
+// kept, writes in flight together, block status, the size.
+TEST(TestFailoverTest, EveryNbdCommandThroughTheViewAnswersCorrectly) {
+  BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
+  BLKREP_REQUIRE_PYTHON_NBD(python);
+  Rig rig;
+  MakeReplicatedGuest(rig, qemu_io, 2 * kMiB);
+  if (HasFatalFailure()) return;
+  std::vector<std::vector<std::uint8_t>> replicas_before = rig.ReplicaImages();
+  Failover failover(rig);
+  ASSERT_TRUE(failover.Start());
+  // disk0's replica: 0x11 in [0, 512K), 0x22 in [1M, 1M + 100000), zeroes elsewhere.
+  RunResult ops = RunProgram(
+      rig.dir(), {python, ScriptPath("nbd_ops.py"), failover.Uri("disk0"), "size:2097152", "read:0:4096:0x11",
+                  "write:0x10000:0x2000:0xa1:fua", "read:0x10000:0x2000:0xa1", "read:0x12000:0x1000:0x11",
+                  "zero:0:4096", "read:0:4096:0", "zero:4096:100:nohole", "read:4096:100:0", "read:4196:3996:0x11",
+                  "trim:8192:8192:fua", "read:8192:8192:0", "read:16384:4096:0x11", "fail:ENOTSUP:zero:0x20000:4096:flags=16",
+                  "read:0x20000:4096:0x11", "fail:EINVAL|ENOSPC:read:0x1ff000:0x2000", "flush",
+                  "writes:0x100000:3000:32:8192:0xb2", "read:0x100000:3000:0xb2", "read:0x100bb8:5192:0x22",
+                  "read:0x13e000:3000:0xb2", "read:0x13ebb8:5192:0", "blockstatus:0:65536"});
+  ASSERT_EQ(ops.exit_status, 0) << Describe(ops);
+  EXPECT_NE(ops.out.find("[0, 65536, 0]"), std::string::npos) << "block status: " << ops.out;
+  EXPECT_TRUE(rig.ReplicaImages() == replicas_before) << "the replica changed";
+  failover.process().Signal(SIGTERM);
+  std::optional<int> status = failover.process().Wait(std::chrono::seconds(20));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(*status, 0) << failover.process().err();
+}
+
 TEST(TestFailoverTest, RefusesAGuestWithoutACompleteCommittedReplica) {
   BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
   Rig rig;
