@@ -141,6 +141,13 @@ TEST(TestFailoverTest, ServesTheReplicasWritableAndLeavesThemUntouched) {
   ASSERT_GE(fd, 0) << lock_path;
   EXPECT_NE(::flock(fd, LOCK_EX | LOCK_NB), 0) << "the guest lock is free while a test failover runs";
   ::close(fd);
+  RunResult second = RunProgram(rig.dir(), {BlkrepBinary(), "test-failover", kGuest, "--replica-dir",
+                                            rig.replica_dir(), "--nbd-socket", rig.dir().File("second.sock")});
+  EXPECT_EQ(second.exit_status, 1) << Describe(second);
+  EXPECT_NE(second.err.find("guest vm100 is being received by a replication session (or tested by another test "
+                            "failover)"),
+            std::string::npos)
+      << Describe(second);
   ASSERT_TRUE(rig.QemuIo(qemu_io, "disk0", {"write -P 0x77 0 64K"}));  // something to replicate
   RunResult run = rig.Blkrep({"run", "--id", "vm100-1", "--json"});
   EXPECT_NE(run.exit_status, 0) << Describe(run);
