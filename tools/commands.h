@@ -25,5 +25,6 @@ int DemoteCommand(const std::vector<std::string>& argv);
 int RecoveryPointsCommand(const std::vector<std::string>& argv);
 int MeasureCommand(const std::vector<std::string>& argv);
 int MetricsCommand(const std::vector<std::string>& argv);
+int TestFailoverCommand(const std::vector<std::string>& argv);
 
 }  // namespace blkrep::tools

@@ -35,6 +35,8 @@ constexpr const char* kUsage =
     "  measure [JOBID] [--json] [--since TIME]\n"
     "                                     replication figures and health (Measure-VMReplication)\n"
     "  metrics [--output FILE]            Prometheus text format (node_exporter's textfile collector)\n"
+    "  test-failover GUEST --replica-dir DIR --nbd-socket PATH [--nbd-listen HOST:PORT] [--point ID]\n"
+    "                [--overlay-dir DIR]  serve the replicas writable over NBD, writes discarded at exit\n"
     "  version                            print the version\n"
     "\n"
     "common options: --state-dir DIR (default $BLKREP_STATE_DIR or /var/lib/blkrep)\n";
@@ -67,6 +69,7 @@ int main(int argc, char** argv) {
   if (command == "recovery-points") return blkrep::tools::RecoveryPointsCommand(rest);
   if (command == "measure") return blkrep::tools::MeasureCommand(rest);
   if (command == "metrics") return blkrep::tools::MetricsCommand(rest);
+  if (command == "test-failover") return blkrep::tools::TestFailoverCommand(rest);
   if (command == "version" || command == "--version") {
     std::printf("blkrep %s\n", BLKREP_VERSION);
     return blkrep::tools::kExitOk;

@@ -380,7 +380,7 @@ const NbdExport* Handshake(NbdServer::Connection& c, const std::vector<NbdExport
                                                              payload.size()));
         if (!e) return nullptr;  // no way to refuse but to hang up
         std::vector<std::byte> info;
-        nbd::PutU64(info, e->device->SizeBytes());
+        nbd::PutU64(info, e->SizeBytes());
         nbd::PutU16(info, TransmissionFlags(c));
         if (!c.no_zeroes) info.resize(info.size() + 124, std::byte{0});
         if (!WriteBytes(c.fd, info)) return nullptr;
@@ -420,7 +420,7 @@ const NbdExport* Handshake(NbdServer::Connection& c, const std::vector<NbdExport
         }
         std::vector<std::byte> info;
         nbd::PutU16(info, nbd::kInfoExport);
-        nbd::PutU64(info, e->device->SizeBytes());
+        nbd::PutU64(info, e->SizeBytes());
         nbd::PutU16(info, TransmissionFlags(c));
         reply(nbd::kRepInfo, info);
         for (std::uint16_t type : request->info_types) {
@@ -550,9 +550,106 @@ Status FastZero(int fd, bool is_block_device, std::uint64_t offset, std::uint64_
   return core::ErrnoStatus(errno, "zero range");
 }
 
+// The transmission phase of a view export (NbdExport::view): every request
+// served synchronously through the BlockDevice interface, in order.
+void ViewTransmission(NbdServer::Connection& c) {
+  const NbdExport& e = *c.exp;
+  core::BlockDevice& view = *e.view;
+  nbd::ExportLimits limits{view.SizeBytes(), false, c.structured, c.base_allocation};
+  for (;;) {
+    std::byte header[nbd::kRequestHeaderBytes];
+    if (!ReadFull(c.fd, header, sizeof(header))) return;  // client gone
+    nbd::Request r = nbd::DecodeRequest(header);
+    nbd::Verdict v = nbd::ValidateRequest(r, limits);
+    if (v.kind == nbd::Verdict::Kind::kDisconnect) return;
+    if (r.type == nbd::kCmdDisc && v.kind == nbd::Verdict::Kind::kOk) return;
+    std::uint64_t cost = NbdServer::Connection::Cost(
+        v.kind == nbd::Verdict::Kind::kOk && r.type != nbd::kCmdBlockStatus ? r.length : 0);
+    c.Reserve(cost);
+    if (v.kind == nbd::Verdict::Kind::kError) {
+      if (v.payload_bytes > 0 && !Drain(c.fd, v.payload_bytes)) {
+        c.Release(cost);
+        return;
+      }
+      c.SendError(r, v.error, v.why, cost);
+      continue;
+    }
+    const bool fua = r.flags & nbd::kCmdFlagFua;
+    Status s;
+    switch (r.type) {
+      case nbd::kCmdRead: {
+        Buffer buffer = AllocateBuffer(r.length);
+        if (!buffer) {
+          c.SendError(r, nbd::kEnomem, "out of memory", cost);
+          continue;
+        }
+        s = view.Read(r.offset, {buffer.get(), r.length});
+        if (s.ok()) {
+          c.SendData(r, std::move(buffer), cost);
+          continue;
+        }
+        break;
+      }
+      case nbd::kCmdWrite: {
+        Buffer buffer = AllocateBuffer(r.length);
+        if (!buffer) {
+          if (!Drain(c.fd, r.length)) {
+            c.Release(cost);
+            return;
+          }
+          c.SendError(r, nbd::kEnomem, "out of memory", cost);
+          continue;
+        }
+        if (!ReadFull(c.fd, buffer.get(), r.length)) {
+          c.Release(cost);
+          return;  // the client vanished mid-request: nothing was written
+        }
+        s = view.Write(r.offset, {buffer.get(), r.length});
+        if (s.ok() && fua) s = view.Flush();
+        break;
+      }
+      case nbd::kCmdFlush:
+        s = view.Flush();
+        break;
+      case nbd::kCmdTrim:
+        s = view.Trim(r.offset, r.length);
+        if (s.ok() && fua) s = view.Flush();
+        break;
+      case nbd::kCmdWriteZeroes:
+        if (r.flags & nbd::kCmdFlagFastZero) {
+          c.SendError(r, nbd::kEnotsup, "this export cannot zero ranges quickly", cost);
+          continue;
+        }
+        s = view.WriteZeroes(r.offset, r.length, !(r.flags & nbd::kCmdFlagNoHole));
+        if (s.ok() && fua) s = view.Flush();
+        break;
+      case nbd::kCmdBlockStatus: {
+        // A view does not know its holes: one descriptor, "data", always true.
+        NbdServer::Connection::Reply reply;
+        nbd::AppendChunkHeader(reply.header, nbd::kReplyFlagDone, nbd::kReplyTypeBlockStatus, r.cookie, 4 + 8);
+        nbd::PutU32(reply.header, nbd::kBaseAllocationContextId);
+        nbd::PutU32(reply.header, r.length);
+        nbd::PutU32(reply.header, 0);
+        reply.cost = cost;
+        c.Enqueue(std::move(reply));
+        continue;
+      }
+      default:
+        s = Status::Internal("request type " + std::to_string(r.type) + " passed validation unhandled");
+        break;
+    }
+    if (s.ok()) c.SendOk(r, cost);
+    else c.SendError(r, ErrorOf(s), s.ToString(), cost);
+  }
+}
+
 void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::AsyncIo& io) {
   NbdServer::Connection& c = *conn;
   const NbdExport& e = *c.exp;
+  if (e.view != nullptr) {
+    ViewTransmission(c);
+    return;
+  }
   nbd::ExportLimits limits{e.device->SizeBytes(), false, c.structured, c.base_allocation};
   int volume_fd = e.device->fd();
   bool is_block_device = e.device->is_block_device();

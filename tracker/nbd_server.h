@@ -15,6 +15,14 @@
 // FLUSH is an fdatasync of the volume, which covers writes completed on any
 // connection, so CAN_MULTI_CONN is advertised. FUA writes use RWF_DSYNC.
 //
+// An export may instead be a view (NbdExport::view: any core::BlockDevice,
+// e.g. the copy-on-write view of a test failover): nothing is tracked, and
+// every request, after the same ValidateRequest, is served synchronously on
+// the connection's thread through the BlockDevice interface (FUA = a Flush
+// after the write, FAST_ZERO refused with ENOTSUP, block status reports all
+// data); the replies go through the same writer machinery. A view's Flush
+// must cover writes completed on every connection (CAN_MULTI_CONN).
+//
 // Thread safety: Start and Shutdown from one thread; everything else is
 // internal.
 #pragma once
@@ -30,6 +38,7 @@
 #include <vector>
 
 #include "core/async_io.h"
+#include "core/block_device.h"
 #include "core/file_block_device.h"
 #include "core/status.h"
 #include "tracker/cycle_control.h"
@@ -37,6 +46,8 @@
 
 namespace blkrep::tracker {
 
+// Either a tracked file export (device and journal set, view null) or an
+// untracked view (view set, device, journal and gate null).
 struct NbdExport {
   std::string name;
   core::FileBlockDevice* device = nullptr;  // not owned
@@ -44,6 +55,11 @@ struct NbdExport {
   // Every write, trim and write-zeroes passes it (freezes, copy-on-write).
   // Optional; not owned.
   WriteGate* gate = nullptr;
+  // Served through the BlockDevice interface, untracked. Not owned; must be
+  // safe for concurrent calls (block_device.h) and outlive the server.
+  core::BlockDevice* view = nullptr;
+
+  std::uint64_t SizeBytes() const { return view != nullptr ? view->SizeBytes() : device->SizeBytes(); }
 };
 
 struct NbdServerOptions {
