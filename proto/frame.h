@@ -36,7 +36,10 @@ inline constexpr std::uint64_t kFeatureResume = 1ULL << 1;
 // Checksum resync and verify (CYCLE_MODE_RESYNC compares hashes,
 // CYCLE_MODE_VERIFY, REPLICA_HASHES, HASH_CREDIT).
 inline constexpr std::uint64_t kFeatureChecksumResync = 1ULL << 2;
-inline constexpr std::uint64_t kKnownFeatures = kFeatureZstd | kFeatureResume | kFeatureChecksumResync;
+// Removing a guest's replica (REMOVE_GUEST, `blkrep delete`).
+inline constexpr std::uint64_t kFeatureRemoveGuest = 1ULL << 4;
+inline constexpr std::uint64_t kKnownFeatures =
+    kFeatureZstd | kFeatureResume | kFeatureChecksumResync | kFeatureRemoveGuest;
 
 // Caps (docs/wire-protocol.md, "Caps").
 inline constexpr std::uint32_t kMinBlockSizeBytes = 4096;
@@ -56,6 +59,7 @@ inline constexpr std::uint32_t kMaxReplicaHashesPerFrame = 16384;
 inline constexpr std::uint32_t kReplicaHashBytes = 16;
 inline constexpr std::uint32_t kMaxHashWindowBlocks = 1U << 20;
 inline constexpr std::uint32_t kMaxReplicaHashesFrameBytes = kMaxReplicaHashesPerFrame * kReplicaHashBytes + 64;
+inline constexpr std::uint32_t kMaxRemoveGuestFrameBytes = 128;   // a job name
 inline constexpr std::uint32_t kMaxSmallFrameBytes = 64U << 10;   // every other frame
 inline constexpr std::uint32_t kMaxHashFrameBytes = kMaxHashesPerFrame * 9 + 64;
 inline constexpr std::uint32_t kMaxBlocksFrameBytes =
@@ -75,8 +79,9 @@ enum class FrameType : std::uint8_t {
   kError = 11,
   kReplicaHashes = 12,
   kHashCredit = 13,
+  kRemoveGuest = 14,
 };
-inline constexpr std::uint8_t kMaxFrameType = 13;
+inline constexpr std::uint8_t kMaxFrameType = 14;
 const char* FrameTypeName(FrameType type);
 // The largest body a frame of `type` may have.
 std::uint32_t MaxBodyBytes(FrameType type);
@@ -195,7 +200,7 @@ struct SessionContext {
 };
 
 using Message = std::variant<Hello, HelloReply, StagedHashes, StagedEnd, CycleBegin, Blocks,
-                             Zeroes, Keep, CycleEnd, Ack, Error, ReplicaHashes, HashCredit>;
+                             Zeroes, Keep, CycleEnd, Ack, Error, ReplicaHashes, HashCredit, RemoveGuest>;
 
 // The one gate for untrusted frames: parses `frame`'s body and checks every
 // field against `session`. kCorruption names the frame type and the field.

@@ -20,5 +20,11 @@ int ResumeCommand(const std::vector<std::string>& argv);
 int ResyncCommand(const std::vector<std::string>& argv);
 int UpdateCommand(const std::vector<std::string>& argv);
 int VerifyCommand(const std::vector<std::string>& argv);
+int ListCommand(const std::vector<std::string>& argv);
+int ReadCommand(const std::vector<std::string>& argv);
+int EnableCommand(const std::vector<std::string>& argv);
+int DisableCommand(const std::vector<std::string>& argv);
+int ScheduleNowCommand(const std::vector<std::string>& argv);
+int DeleteCommand(const std::vector<std::string>& argv);
 
 }  // namespace blkrep::tools
