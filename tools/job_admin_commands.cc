@@ -16,6 +16,8 @@
 // schedule-now sets the job's run_now, which makes the next bare `run`
 // pick it whatever its schedule and back-off say, and which any run
 // clears.
+#include <unistd.h>
+
 #include <cstdio>
 #include <map>
 #include <optional>
@@ -282,6 +284,10 @@ int DeleteCommand(const std::vector<std::string>& argv) {
   }
   Status deleted = one->store->DeleteJob(job.id);
   if (!deleted.ok()) return ReportError(deleted);
+  // What the job's runs left on this node: its (empty) copy-on-write
+  // directory and, still held here, its run lock.
+  (void)::rmdir((state_dir + "/cow/" + job.guest + "/" + job.id).c_str());
+  (void)::unlink((state_dir + "/" + job.id + ".run.lock").c_str());
   core::JsonWriter d;
   d.BeginObject().Key("target").String(job.target).Key("replica_kept").Bool(one->args.Flag("keep"));
   d.Key("forced").Bool(force).Key("cleanup_error");

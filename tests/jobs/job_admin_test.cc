@@ -309,10 +309,13 @@ TEST(JobAdminTest, DeleteRemovesTheReplicaOnTheTargetAndTheJournalTarget) {
   ASSERT_TRUE(Exists(rig.ReplicaPath("d0")));
   ASSERT_TRUE(Exists(guest_dir + "/state"));
   ASSERT_EQ(JournalTargets(rig).count("vm100-0"), 1u);
+  ASSERT_TRUE(Exists(rig.state_dir() + "/cow/" + kGuest + "/vm100-0")) << "the cycle went through the tracker";
 
   RunResult del = rig.Blkrep({"delete", "vm100-0"});
   ASSERT_EQ(del.exit_status, 0) << Describe(del);
   EXPECT_FALSE(Exists(guest_dir)) << "the guest's replica directory is left";
+  EXPECT_FALSE(Exists(rig.state_dir() + "/vm100-0.run.lock"));
+  EXPECT_FALSE(Exists(rig.state_dir() + "/cow/" + kGuest + "/vm100-0"));
   EXPECT_EQ(JournalTargets(rig).count("vm100-0"), 0u);
   EXPECT_TRUE(JsonOf(rig.Blkrep({"list", "--json"})).empty());
   EXPECT_EQ(rig.Blkrep({"read", "vm100-0"}).exit_status, 1);
