@@ -317,6 +317,15 @@ Status JobStore::SaveJob(const Job& j) {
   return Status::Ok();
 }
 
+Status JobStore::DeleteJob(const std::string& id) {
+  Stmt s(db_, "DELETE FROM jobs WHERE id = ?");
+  if (!s.ok()) return s.Error("prepare");
+  s.Text(1, id);
+  if (s.Step() != SQLITE_DONE) return s.Error("delete job " + id);
+  if (sqlite3_changes(db_) != 1) return Status::NotFound("no job " + id);
+  return Status::Ok();
+}
+
 Status JobStore::AddEvent(Event e) {
   if (e.time == 0) {
     e.time = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())

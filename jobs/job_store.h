@@ -62,7 +62,8 @@ struct Job {
 
 // One entry of the event history (`blkrep events`): what happened to a
 // job, when. Kinds: cycle-completed, cycle-failed, state-changed,
-// resync-started, resync-completed, verify-completed.
+// resync-started, resync-completed, verify-completed, job-enabled,
+// job-disabled, job-scheduled-now, job-deleted.
 struct Event {
   std::int64_t id = 0;
   std::int64_t time = 0;  // epoch seconds
@@ -95,6 +96,8 @@ class JobStore {
   core::Result<std::vector<Job>> ListJobs();
   // Writes every column of `job` (found by id).
   core::Status SaveJob(const Job& job);
+  // Removes the job's row (its events stay in the history); kNotFound.
+  core::Status DeleteJob(const std::string& id);
 
   // Appends an event (its id and, if 0, its time are filled in).
   core::Status AddEvent(Event event);

@@ -33,6 +33,7 @@ const char* FrameTypeName(FrameType type) {
     case FrameType::kError: return "ERROR";
     case FrameType::kReplicaHashes: return "REPLICA_HASHES";
     case FrameType::kHashCredit: return "HASH_CREDIT";
+    case FrameType::kRemoveGuest: return "REMOVE_GUEST";
   }
   return "UNKNOWN";
 }
@@ -43,6 +44,7 @@ std::uint32_t MaxBodyBytes(FrameType type) {
     case FrameType::kStagedHashes:
     case FrameType::kKeep: return kMaxHashFrameBytes;
     case FrameType::kReplicaHashes: return kMaxReplicaHashesFrameBytes;
+    case FrameType::kRemoveGuest: return kMaxRemoveGuestFrameBytes;
     default: return kMaxSmallFrameBytes;
   }
 }
@@ -585,6 +587,11 @@ Result<Message> DecodeFrame(const RawFrame& f, const SessionContext& s) {
         return c.Fail("consumed " + std::to_string(m.consumed_blocks()) + " hashes, the volumes have " +
                       std::to_string(total) + " blocks");
       }
+      return Message{std::move(m)};
+    }
+    case FrameType::kRemoveGuest: {
+      BLKREP_ASSIGN_OR_RETURN(RemoveGuest m, Parse<RemoveGuest>(f, c));
+      if (!ValidWireName(m.job())) return c.Fail("bad job name \"" + Printable(m.job()) + "\"");
       return Message{std::move(m)};
     }
     case FrameType::kError: {

@@ -42,9 +42,12 @@ inline constexpr std::uint64_t kFeatureRecoveryPoints = 1ULL << 3;
 // The receiver reports diverged blocks (ReplicaState.diverged): blocks its
 // replica changed after its committed epoch, which the shipper adds to an
 // incremental cycle (a reversed job after a failover or migration).
+// Removing a guest's replica (REMOVE_GUEST, `blkrep delete`).
+inline constexpr std::uint64_t kFeatureRemoveGuest = 1ULL << 4;
 inline constexpr std::uint64_t kFeatureDiverged = 1ULL << 5;
 inline constexpr std::uint64_t kKnownFeatures =
-    kFeatureZstd | kFeatureResume | kFeatureChecksumResync | kFeatureRecoveryPoints | kFeatureDiverged;
+    kFeatureZstd | kFeatureResume | kFeatureChecksumResync | kFeatureRecoveryPoints | kFeatureRemoveGuest |
+    kFeatureDiverged;
 // Diverged ranges in one HELLO_REPLY, all volumes together (the receiver
 // coarsens to fit: a superset of the blocks).
 inline constexpr std::size_t kMaxDivergedRanges = 1024;
@@ -69,6 +72,7 @@ inline constexpr std::uint32_t kMaxHashWindowBlocks = 1U << 20;
 // CYCLE_BEGIN.recovery_points: cycles whose undo data the receiver keeps.
 inline constexpr std::uint32_t kMaxRecoveryPoints = 24;
 inline constexpr std::uint32_t kMaxReplicaHashesFrameBytes = kMaxReplicaHashesPerFrame * kReplicaHashBytes + 64;
+inline constexpr std::uint32_t kMaxRemoveGuestFrameBytes = 128;   // a job name
 inline constexpr std::uint32_t kMaxSmallFrameBytes = 64U << 10;   // every other frame
 inline constexpr std::uint32_t kMaxHashFrameBytes = kMaxHashesPerFrame * 9 + 64;
 inline constexpr std::uint32_t kMaxBlocksFrameBytes =
@@ -88,8 +92,9 @@ enum class FrameType : std::uint8_t {
   kError = 11,
   kReplicaHashes = 12,
   kHashCredit = 13,
+  kRemoveGuest = 14,
 };
-inline constexpr std::uint8_t kMaxFrameType = 13;
+inline constexpr std::uint8_t kMaxFrameType = 14;
 const char* FrameTypeName(FrameType type);
 // The largest body a frame of `type` may have.
 std::uint32_t MaxBodyBytes(FrameType type);
@@ -208,7 +213,7 @@ struct SessionContext {
 };
 
 using Message = std::variant<Hello, HelloReply, StagedHashes, StagedEnd, CycleBegin, Blocks,
-                             Zeroes, Keep, CycleEnd, Ack, Error, ReplicaHashes, HashCredit>;
+                             Zeroes, Keep, CycleEnd, Ack, Error, ReplicaHashes, HashCredit, RemoveGuest>;
 
 // The one gate for untrusted frames: parses `frame`'s body and checks every
 // field against `session`. kCorruption names the frame type and the field.

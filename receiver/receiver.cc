@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -193,6 +194,9 @@ class Session {
   Status FlushVolume(VolumeSession& v);
   Status FlushBatch();
   Status Commit();
+  // REMOVE_GUEST (`blkrep delete`): removes the guest's replicas, state
+  // and staging when they belong to the session's job, then ACKs.
+  Status RemoveGuest(const proto::RemoveGuest& m);
   // Applies the cycle state_ says is pending and commits it in the state
   // file. `recovery_points`: the cycle's, in the session that validated it
   // (the undo data is captured); nullopt when a later session redoes the
@@ -264,12 +268,14 @@ Status Session::Run() {
   const proto::Hello hello = std::get<proto::Hello>(*first);
   BLKREP_RETURN_IF_ERROR(Handshake(hello));
 
-  Result<proto::Message> next = proto::ReadMessage(reader_, context_, {FrameType::kCycleBegin});
+  Result<proto::Message> next =
+      proto::ReadMessage(reader_, context_, {FrameType::kCycleBegin, FrameType::kRemoveGuest});
   if (!next.ok()) {
     // The shipper only asked for the replica state.
     if (next.status().code() == core::Code::kEndOfData) return Status::Ok();
     return next.status();
   }
+  if (const auto* remove = std::get_if<proto::RemoveGuest>(&*next)) return RemoveGuest(*remove);
   Status s = BeginCycle(std::get<proto::CycleBegin>(*next));
   if (s.ok()) s = ReceiveCycle();
   if (hasher_ != nullptr) {
@@ -1192,6 +1198,64 @@ Status Session::ApplyVolume(VolumeState& vs, StagingFiles* open_staging, core::F
 }
 
 }  // namespace
+
+// docs/wire-protocol.md, "Removing a guest's replica"; docs/replica-format.md,
+// "Removal". The guest's lock is held since HELLO.
+Status Session::RemoveGuest(const proto::RemoveGuest& m) {
+  if ((features_ & proto::kFeatureRemoveGuest) == 0) {
+    return Status::Unsupported("REMOVE_GUEST frame: the feature was not negotiated in HELLO");
+  }
+  if (m.job() != job_) {
+    return Status::InvalidArgument("REMOVE_GUEST frame: job " + m.job() + ", the session's job is " + job_);
+  }
+  if (!state_.job.empty() && state_.job != job_) {
+    return Status::Aborted("the replica of guest " + guest_ + " belongs to job " + state_.job + ", not " + job_);
+  }
+  auto remove_tree = [&](const std::string& path) -> Status {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);  // never follows symlinks
+    if (ec) return Status::IoError("remove " + path + ": " + ec.message());
+    return Status::Ok();
+  };
+  if (!state_.job.empty()) {
+    BLKREP_RETURN_IF_ERROR(remove_tree(staging_dir_));
+    // The volumes the state knows and those the HELLO names.
+    std::vector<std::string> names;
+    for (const VolumeState& vs : state_.volumes) names.push_back(vs.name);
+    for (const VolumeSession& v : volumes_) {
+      if (std::find(names.begin(), names.end(), v.info->name()) == names.end()) names.push_back(v.info->name());
+    }
+    for (const std::string& name : names) {
+      BLKREP_ASSIGN_OR_RETURN(std::string path, ReplicaPath(options_.replica_dir, guest_, name));
+      struct stat st {};
+      if (::lstat(path.c_str(), &st) != 0) {
+        if (errno == ENOENT) continue;
+        return core::ErrnoStatus(errno, "stat replica " + path);
+      }
+      // A block device, or a symlink (mapped elsewhere), is only forgotten.
+      if (!S_ISREG(st.st_mode)) continue;
+      if (::unlink(path.c_str()) != 0 && errno != ENOENT) return core::ErrnoStatus(errno, "remove replica " + path);
+    }
+    BLKREP_RETURN_IF_ERROR(remove_tree(guest_dir_ + "/.points"));
+    BLKREP_RETURN_IF_ERROR(fs_.SyncDir(guest_dir_));
+    // Last: with the state gone nothing of the guest remains to vouch for.
+    for (const char* name : {kStateFileName, "state.tmp"}) {
+      std::string path = guest_dir_ + "/" + name;
+      if (::unlink(path.c_str()) != 0 && errno != ENOENT) return core::ErrnoStatus(errno, "remove " + path);
+    }
+  }
+  // The lock goes with the directory: a session that opened it meanwhile
+  // cannot take it while this one holds it, and fails.
+  (void)::unlink((guest_dir_ + "/" + kLockFileName).c_str());
+  (void)::rmdir(guest_dir_.c_str());  // kept when something else is in it (a symlinked replica)
+  BLKREP_RETURN_IF_ERROR(fs_.SyncDir(options_.replica_dir));
+  state_ = GuestState{};
+  proto::Ack ack;
+  ack.set_cycle_id(0);
+  for (std::size_t i = 0; i < volumes_.size(); ++i) ack.add_committed_epochs(0);
+  ack.set_bytes_received(reader_.bytes_received());
+  return writer_.Send(FrameType::kAck, ack);
+}
 
 Status ServeSession(proto::Stream& stream, const ReceiverOptions& options, SessionReport* report) {
   if (report != nullptr) *report = SessionReport{};

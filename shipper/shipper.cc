@@ -360,6 +360,22 @@ Result<ReceiverState> ShipperSession::Hello(const std::string& guest, const std:
   return state;
 }
 
+Status ShipperSession::RemoveGuest(const std::string& job) {
+  if ((features_ & proto::kFeatureRemoveGuest) == 0) {
+    return Status::Unsupported("the receiver cannot remove a replica (an older blkrep?)");
+  }
+  proto::RemoveGuest m;
+  m.set_job(job);
+  Status sent = writer_.Send(FrameType::kRemoveGuest, m);
+  if (!sent.ok()) return PeerError(sent);
+  BLKREP_ASSIGN_OR_RETURN(proto::Message ack, proto::ReadMessage(reader_, session_, {FrameType::kAck}));
+  if (std::get<proto::Ack>(ack).cycle_id() != 0) {
+    return Status::Corruption("ACK frame: cycle " + std::to_string(std::get<proto::Ack>(ack).cycle_id()) +
+                              " in answer to REMOVE_GUEST, expected 0");
+  }
+  return Status::Ok();
+}
+
 Status ShipperSession::PeerError(const Status& write_error) {
   if (write_error.code() != core::Code::kAborted && write_error.code() != core::Code::kIoError) return write_error;
   // The receiver may have said why before it closed.

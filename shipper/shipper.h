@@ -128,6 +128,12 @@ class ShipperSession {
   core::Status ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, std::vector<VolumeSource>& volumes,
                          const ReceiverState& receiver, const ShipOptions& options, ShipStats* stats);
 
+  // After Hello, instead of a cycle: asks the receiver to remove the
+  // guest's replicas, state and staging (REMOVE_GUEST) and waits for its
+  // ACK. kUnsupported when the receiver does not offer it; the receiver's
+  // refusal (the replica belongs to another job) comes as its error.
+  core::Status RemoveGuest(const std::string& job);
+
   // Ends the session without a cycle.
   void Close() { stream_.CloseWrite(); }
   std::uint64_t bytes_sent() const { return writer_.bytes_sent(); }

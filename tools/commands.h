@@ -26,5 +26,11 @@ int RecoveryPointsCommand(const std::vector<std::string>& argv);
 int MeasureCommand(const std::vector<std::string>& argv);
 int MetricsCommand(const std::vector<std::string>& argv);
 int TestFailoverCommand(const std::vector<std::string>& argv);
+int ListCommand(const std::vector<std::string>& argv);
+int ReadCommand(const std::vector<std::string>& argv);
+int EnableCommand(const std::vector<std::string>& argv);
+int DisableCommand(const std::vector<std::string>& argv);
+int ScheduleNowCommand(const std::vector<std::string>& argv);
+int DeleteCommand(const std::vector<std::string>& argv);
 
 }  // namespace blkrep::tools

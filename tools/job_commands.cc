@@ -150,6 +150,7 @@ Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir
   request.stats_out = &stats;
   Result<jobs::CycleResult> ran = jobs::RunCycle(request);
   job.duration_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  job.run_now = false;
   if (ran.ok() && ran->resync_deferred) {
     job.state = "resync-required";
   } else if (ran.ok()) {
@@ -180,6 +181,8 @@ Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir
     current.last_mode = job.last_mode;
     current.last_bytes_sent = job.last_bytes_sent;
     current.last_blocks_sent = job.last_blocks_sent;
+    // pvesr's schedule-now is used up by any run, successful or not.
+    current.run_now = false;
     // A resync done clears a `resync --at` that was due when it began, not
     // one given while it ran.
     if (ran.ok() && ran->mode == "resync" && !ran->resync_deferred && current.resync_at &&
@@ -379,6 +382,11 @@ int RunCommand(const std::vector<std::string>& argv) {
     std::int64_t now = Now();
     for (const auto& j : *all) {
       auto next = NextSync(j);
+      // schedule-now: due whatever its schedule and back-off say.
+      if (j.enabled && j.state != "suspended" && j.run_now) {
+        to_run.push_back(j);
+        continue;
+      }
       // A job waiting for a resync it may not run now is not due.
       if (j.state == "resync-required" && !ResyncAllowed(j, now)) continue;
       if (j.enabled && j.state != "suspended" && (!j.last_try || (next && *next <= now))) to_run.push_back(j);

@@ -35,6 +35,7 @@ Status ParseRate(const std::string& text, double* rate) {
 // other schedules report no next time.
 std::optional<std::int64_t> NextSync(const jobs::Job& j) {
   if (!j.enabled || j.state == "suspended") return std::nullopt;
+  if (j.run_now) return Now();  // schedule-now: the next bare `run`, whatever else says
   if (j.resync_at) return *j.resync_at;  // `resync --at`: nothing runs before
   if (j.fail_count > 0 && j.last_try) {
     return *j.last_try + (j.fail_count <= 3 ? 300 * static_cast<std::int64_t>(j.fail_count) : 1800);

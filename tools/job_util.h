@@ -29,7 +29,8 @@ std::int64_t Now();
 core::Status ParseRate(const std::string& text, double* rate);
 // When the job runs next: a retry with back-off after failures (pvesr: last
 // try + 5 minutes x fail count while it is at most 3, then every 30
-// minutes), else the schedule. None for a disabled or suspended job.
+// minutes), else the schedule. None for a disabled or suspended job; now
+// for one given `schedule-now` (until a run clears it).
 std::optional<std::int64_t> NextSync(const jobs::Job& j);
 // Local time as "YYYY-MM-DD_HH:MM:SS"; "-" for none.
 std::string FormatTime(std::optional<std::int64_t> t);

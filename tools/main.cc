@@ -25,8 +25,14 @@ constexpr const char* kUsage =
     "  create-local-job JOBID TARGET [--schedule SPEC] [--rate MBPS] [--comment TEXT] [--disable]\n"
     "                   [--auto-resync on|off] [--resync-window HH:MM-HH:MM|any]\n"
     "  update JOBID [same options as create-local-job but --disable]\n"
-    "  run [--id JOBID] [--verbose]       run due jobs, or one job now\n"
+    "  run [--id JOBID] [--verbose]       run due jobs, or one job now (a systemd timer runs\n"
+    "                                     `blkrep run` every minute: docs/systemd/blkrep-run.timer)\n"
     "  status [--json]                    the jobs and their state\n"
+    "  list [--json]                      the job definitions\n"
+    "  read JOBID [--json]                one job's whole definition and state\n"
+    "  enable JOBID | disable JOBID       let bare runs pick the job, or not\n"
+    "  schedule-now JOBID                 the next bare run runs the job, due or not\n"
+    "  delete JOBID [--keep] [--force]    delete the job and (unless --keep) its replica on the target\n"
     "  events [--json] [--since TIME]     what happened to the jobs (cycles, failures, state changes)\n"
     "  suspend JOBID | resume JOBID [--resync]\n"
     "                                     pause a job's cycles (changes keep being tracked), go on\n"
@@ -70,6 +76,12 @@ int main(int argc, char** argv) {
   if (command == "measure") return blkrep::tools::MeasureCommand(rest);
   if (command == "metrics") return blkrep::tools::MetricsCommand(rest);
   if (command == "test-failover") return blkrep::tools::TestFailoverCommand(rest);
+  if (command == "list") return blkrep::tools::ListCommand(rest);
+  if (command == "read") return blkrep::tools::ReadCommand(rest);
+  if (command == "enable") return blkrep::tools::EnableCommand(rest);
+  if (command == "disable") return blkrep::tools::DisableCommand(rest);
+  if (command == "schedule-now") return blkrep::tools::ScheduleNowCommand(rest);
+  if (command == "delete") return blkrep::tools::DeleteCommand(rest);
   if (command == "version" || command == "--version") {
     std::printf("blkrep %s\n", BLKREP_VERSION);
     return blkrep::tools::kExitOk;

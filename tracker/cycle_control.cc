@@ -73,7 +73,7 @@ std::string CycleControl::Handle(const std::string& request) {
   std::lock_guard lock(mu_);
   const std::string& verb = w[0];
   if (verb != "add-target" && verb != "freeze" && verb != "commit" && verb != "abort" && verb != "require-resync" &&
-      verb != "changed" && verb != "mark-dirty") {
+      verb != "changed" && verb != "mark-dirty" && verb != "remove-target") {
     return "";
   }
   if (w.size() < 2 || !journal_format::IsValidName(w[1])) return "error: " + verb + " needs a job name\n";
@@ -88,6 +88,8 @@ std::string CycleControl::Handle(const std::string& request) {
   };
   if (verb == "add-target") {
     s = AddTarget(job);
+  } else if (verb == "remove-target") {
+    s = RemoveTarget(job);
   } else if (verb == "changed") {
     std::ostringstream reply;
     reply << "ok\n";
@@ -157,6 +159,16 @@ Status CycleControl::AddTarget(const std::string& job) {
     bool present = false;
     for (const TargetReport& t : report.targets) present = present || t.name == job;
     if (!present) BLKREP_RETURN_IF_ERROR(v.journal->AddTarget(job));
+  }
+  return Status::Ok();
+}
+
+Status CycleControl::RemoveTarget(const std::string& job) {
+  // A cycle of the job still frozen (its shipper died) goes first.
+  if (frozen_.count(job)) BLKREP_RETURN_IF_ERROR(Finish(job, false));
+  for (const ControlledVolume& v : volumes_) {
+    Status s = v.journal->RemoveTarget(job);
+    if (!s.ok() && s.code() != core::Code::kNotFound) return s.WithContext("volume " + v.name);
   }
   return Status::Ok();
 }

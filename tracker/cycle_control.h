@@ -12,6 +12,8 @@
 //
 // Control requests (one line, see control_socket.h):
 //   add-target JOB               adds JOB as a target of every volume
+//   remove-target JOB            removes JOB from every volume that has it
+//                                (aborting a cycle of it left frozen)
 //   freeze JOB [resync REASON]   freezes a cycle; REASON forces a resync
 //   commit JOB                   the cycle reached the replica
 //   abort JOB                    the cycle failed; its blocks stay dirty
@@ -100,6 +102,7 @@ class CycleControl {
 
  private:
   core::Status AddTarget(const std::string& job);
+  core::Status RemoveTarget(const std::string& job);
   core::Result<std::string> Freeze(const std::string& job, const std::string& resync_reason);
   core::Status Finish(const std::string& job, bool commit);
 

@@ -204,6 +204,8 @@ void CheckAccepted(const proto::Message& m, const proto::SessionContext& s) {
     std::uint64_t total = 0;
     for (std::uint32_t i = 0; i < s.volumes.size(); ++i) total += s.BlockCount(i);
     BLKREP_FUZZ_CHECK(hc->consumed_blocks() <= total, "HASH_CREDIT: accepted more hashes than the volumes have blocks");
+  } else if (const auto* rg = std::get_if<proto::RemoveGuest>(&m)) {
+    BLKREP_FUZZ_CHECK(proto::ValidWireName(rg->job()), "REMOVE_GUEST: accepted a bad job name");
   } else if (const auto* a = std::get_if<proto::Ack>(&m)) {
     BLKREP_FUZZ_CHECK(static_cast<std::size_t>(a->committed_epochs_size()) == s.volumes.size(),
                       "ACK: accepted a wrong number of epochs");
@@ -539,6 +541,11 @@ struct Builder {
         }
         return c.SerializeAsString();
       }
+      case FrameType::kRemoveGuest: {
+        proto::RemoveGuest r;
+        r.set_job(in.U8() % 4 ? "100-0" : Name());
+        return r.SerializeAsString();
+      }
       case FrameType::kError: {
         proto::Error e;
         e.set_code(static_cast<std::uint32_t>(in.InterestingU64()));
@@ -734,6 +741,10 @@ std::vector<std::vector<std::uint8_t>> SeedInputs() {
   seeds.push_back(Seed(1, {{FrameType::kHello, &hello}, {FrameType::kCycleBegin, &verify},
                            {FrameType::kReplicaHashes, &hashes}, {FrameType::kHashCredit, &credit},
                            {FrameType::kReplicaHashes, &more}, {FrameType::kCycleEnd, &verified}}));
+  // `blkrep delete`: the handshake, then REMOVE_GUEST in place of a cycle.
+  proto::RemoveGuest remove;
+  remove.set_job("100-0");
+  seeds.push_back(Seed(1, {{FrameType::kHello, &hello}, {FrameType::kRemoveGuest, &remove}}));
   // Structured mode: one of each frame type, no mutation, then a few with mutations.
   std::vector<std::uint8_t> structured = Prefix(0);
   for (std::uint8_t t = 0; t < proto::kMaxFrameType; ++t) {

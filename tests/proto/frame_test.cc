@@ -107,7 +107,7 @@ const FrameType kAllTypes[] = {
     FrameType::kHello, FrameType::kHelloReply, FrameType::kStagedHashes, FrameType::kStagedEnd,
     FrameType::kCycleBegin, FrameType::kBlocks, FrameType::kZeroes, FrameType::kKeep,
     FrameType::kCycleEnd, FrameType::kAck, FrameType::kError, FrameType::kReplicaHashes,
-    FrameType::kHashCredit};
+    FrameType::kHashCredit, FrameType::kRemoveGuest};
 
 // ---- header ----
 
@@ -145,8 +145,8 @@ TEST(FrameHeaderTest, BadMagicIsCorruption) {
 }
 
 TEST(FrameHeaderTest, UnknownFrameTypeIsCorruption) {
-  static_assert(kMaxFrameType == 13, "a new frame type: extend kAllTypes and these tests");
-  for (unsigned type : {0u, 14u, 200u, 255u}) {
+  static_assert(kMaxFrameType == 14, "a new frame type: extend kAllTypes and these tests");
+  for (unsigned type : {0u, 15u, 200u, 255u}) {
     std::vector<std::byte> h = Header(FrameType::kZeroes, 0, {});
     h[4] = static_cast<std::byte>(type);
     ExpectCorruption(Decode(h, 0).status(), {"unknown frame type " + std::to_string(type)});
@@ -169,10 +169,11 @@ TEST(FrameHeaderTest, BodyLengthOverItsTypesCapIsCorruption) {
   EXPECT_EQ(MaxBodyBytes(FrameType::kKeep), kMaxHashFrameBytes);
   EXPECT_EQ(MaxBodyBytes(FrameType::kReplicaHashes), kMaxReplicaHashesFrameBytes);
   EXPECT_EQ(kMaxReplicaHashesFrameBytes, 262208u);  // docs/wire-protocol.md, "Caps"
+  EXPECT_EQ(MaxBodyBytes(FrameType::kRemoveGuest), 128u);  // docs/wire-protocol.md, "Frames"
   for (FrameType type : kAllTypes) {
     std::uint32_t cap = MaxBodyBytes(type);
     if (type != FrameType::kBlocks && type != FrameType::kStagedHashes && type != FrameType::kKeep &&
-        type != FrameType::kReplicaHashes) {
+        type != FrameType::kReplicaHashes && type != FrameType::kRemoveGuest) {
       EXPECT_EQ(cap, kMaxSmallFrameBytes) << FrameTypeName(type);
     }
     std::vector<std::byte> h = Header(type, 3, {});
@@ -1056,6 +1057,32 @@ TEST(DecodeFrameTest, HashCreditPastEveryBlockOfTheSessionIsRejected) {
                    {"HASH_CREDIT frame", "consumed 418 hashes, the volumes have 417 blocks"});
   c.set_consumed_blocks(~std::uint64_t{0});
   ExpectCorruption(DecodeIn(FrameType::kHashCredit, c), {"HASH_CREDIT frame", "consumed 18446744073709551615"});
+}
+
+TEST(DecodeFrameTest, RemoveGuestNeedsAValidJobName) {
+  RemoveGuest m;
+  m.set_job("vm100-1");
+  core::Result<Message> got = DecodeFrame(Raw(FrameType::kRemoveGuest, m), Session());
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(std::get<RemoveGuest>(*got).job(), "vm100-1");
+  for (const char* bad : {"", "..", "a/b", "vm\n1"}) {
+    m.set_job(bad);
+    ExpectCorruption(DecodeIn(FrameType::kRemoveGuest, m), {"REMOVE_GUEST frame", "bad job name"});
+  }
+  m.set_job(std::string(65, 'a'));
+  ExpectCorruption(DecodeIn(FrameType::kRemoveGuest, m), {"REMOVE_GUEST frame", "bad job name"});
+}
+
+TEST(DecodeFrameTest, RemoveGuestBeforeHelloIsRejected) {
+  RemoveGuest m;
+  m.set_job("vm100-1");
+  ExpectCorruption(DecodeIn(FrameType::kRemoveGuest, m, SessionContext{}), {"REMOVE_GUEST frame", "before"});
+}
+
+TEST(DecodeFrameTest, RemoveGuestIsAKnownFeature) {
+  EXPECT_EQ(kFeatureRemoveGuest, 1ULL << 4);
+  EXPECT_NE(kKnownFeatures & kFeatureRemoveGuest, 0u);
+  EXPECT_STREQ(FrameTypeName(FrameType::kRemoveGuest), "REMOVE_GUEST");
 }
 
 TEST(DecodeFrameTest, NewFrameTypesHaveTheirNames) {

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <set>
@@ -276,6 +277,12 @@ class TestShipper {
     return Send(FrameType::kCycleEnd, m, 0, 0, 0);
   }
 
+  Status RemoveGuest(const std::string& job) {
+    proto::RemoveGuest m;
+    m.set_job(job);
+    return Send(FrameType::kRemoveGuest, m, 0, 0, 0);
+  }
+
   core::Result<proto::Ack> ReadAck() {
     BLKREP_ASSIGN_OR_RETURN(proto::Message m, proto::ReadMessage(reader_, context_, {FrameType::kAck}));
     return std::get<proto::Ack>(m);
@@ -495,6 +502,83 @@ TEST_F(ReceiverTest, SessionThatOnlyAsksForTheStateIsFine) {
   EXPECT_EQ(reply.hello.volumes(0).committed_epoch(), 0u);
   EXPECT_EQ(reply.hello.feature_flags(), kAllFeatures);
   EXPECT_EQ(reply.staged_end_total, 0u);
+}
+
+// ---- REMOVE_GUEST (`blkrep delete`) ----
+
+class RemoveGuestTest : public ReceiverTest {
+ protected:
+  void SetUp() override {
+    volumes_ = {{"disk0", MakeImage(256 << 10, 8)}, {"disk1", MakeImage(128 << 10, 9)}};
+    ASSERT_TRUE(RunCycle(volumes_, 1, proto::CYCLE_MODE_FULL, 3, 0, {}).ok());
+    guest_dir_ = Options().replica_dir + "/" + kGuest;
+  }
+  // A session that sends REMOVE_GUEST for `frame_job` after a HELLO of
+  // `hello_job`; the receiver's answer (its ERROR as a status).
+  Status Remove(std::uint64_t features, const std::string& hello_job, const std::string& frame_job,
+                proto::Ack* ack = nullptr) {
+    ReceiverThread receiver(Options());
+    TestShipper shipper(receiver.stream(), volumes_);
+    EXPECT_TRUE(shipper.Hello(features, hello_job).ok());
+    auto reply = shipper.ReadReply();
+    EXPECT_TRUE(reply.ok()) << reply.status().ToString();
+    EXPECT_TRUE(shipper.RemoveGuest(frame_job).ok());
+    auto got = shipper.ReadAck();
+    Status joined = receiver.Join();
+    if (!got.ok()) {
+      EXPECT_FALSE(joined.ok());
+      return got.status();
+    }
+    EXPECT_TRUE(joined.ok()) << joined.ToString();
+    if (ack != nullptr) *ack = *got;
+    return Status::Ok();
+  }
+  bool Exists(const std::string& path) const {
+    struct stat st {};
+    return ::lstat(path.c_str(), &st) == 0;
+  }
+  std::vector<Volume> volumes_;
+  std::string guest_dir_;
+};
+
+TEST_F(RemoveGuestTest, RemovesReplicasStateAndStagingAndAcksCycleZero) {
+  ASSERT_TRUE(Exists(guest_dir_ + "/state"));
+  ASSERT_EQ(::mkdir((guest_dir_ + "/.points").c_str(), 0700), 0);
+  std::ofstream(guest_dir_ + "/.points/1") << "undo";
+  proto::Ack ack;
+  Status s = Remove(kAllFeatures | proto::kFeatureRemoveGuest, kJob, kJob, &ack);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(ack.cycle_id(), 0u);
+  ASSERT_EQ(ack.committed_epochs_size(), 2);
+  EXPECT_EQ(ack.committed_epochs(0), 0u);
+  EXPECT_FALSE(Exists(Replica("disk0")));
+  EXPECT_FALSE(Exists(Replica("disk1")));
+  EXPECT_FALSE(Exists(guest_dir_)) << "the guest directory is left";
+  EXPECT_TRUE(ReadGuestState(Options().replica_dir, kGuest).status().code() == core::Code::kNotFound);
+  // Removing what is gone is harmless.
+  EXPECT_TRUE(Remove(kAllFeatures | proto::kFeatureRemoveGuest, kJob, kJob).ok());
+}
+
+TEST_F(RemoveGuestTest, WithoutTheFeatureNothingIsRemoved) {
+  std::uint64_t before = ReplicaChecksum("disk0");
+  Status s = Remove(kAllFeatures, kJob, kJob);
+  EXPECT_EQ(s.code(), core::Code::kUnsupported) << s.ToString();
+  EXPECT_NE(s.message().find("REMOVE_GUEST"), std::string::npos) << s.ToString();
+  EXPECT_EQ(ReplicaChecksum("disk0"), before);
+  EXPECT_TRUE(Exists(guest_dir_ + "/state"));
+}
+
+TEST_F(RemoveGuestTest, AnotherJobsReplicaOrAnotherJobNameIsRefused) {
+  std::uint64_t before = ReplicaChecksum("disk0");
+  Status s = Remove(kAllFeatures | proto::kFeatureRemoveGuest, "vm100-1", "vm100-1");
+  EXPECT_EQ(s.code(), core::Code::kAborted) << s.ToString();
+  EXPECT_NE(s.message().find("belongs to job vm100-0, not vm100-1"), std::string::npos) << s.ToString();
+  s = Remove(kAllFeatures | proto::kFeatureRemoveGuest, kJob, "vm100-1");
+  EXPECT_EQ(s.code(), core::Code::kInvalidArgument) << s.ToString();
+  EXPECT_NE(s.message().find("REMOVE_GUEST frame: job vm100-1, the session's job is vm100-0"), std::string::npos)
+      << s.ToString();
+  EXPECT_EQ(ReplicaChecksum("disk0"), before);
+  EXPECT_TRUE(Exists(guest_dir_ + "/state"));
 }
 
 // ---- rejected cycles leave the replica as it was ----

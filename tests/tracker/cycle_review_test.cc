@@ -131,6 +131,27 @@ TEST_F(CycleReviewTest, ASecondJobsFreezeAndCommitKeepTheFirstJobsCopyOnWrite) {
       << ShipperSees(*first, 5) << "')";
 }
 
+// `blkrep delete` with the tracker running: "remove-target JOB" aborts a
+// cycle of the job left frozen (its shipper died) and drops the job from
+// the journal; other jobs of the guest are untouched, and a second removal
+// is harmless.
+TEST_F(CycleReviewTest, RemoveTargetAbortsAFrozenCycleAndDropsOnlyThatJob) {
+  std::unique_ptr<CowStore> store = FreezeAndOpen("vm1-1");
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(control_->Handle("add-target vm1-2"), "ok\n");
+  EXPECT_EQ(control_->Handle("remove-target vm1-1"), "ok\n");
+  std::vector<std::string> names;
+  for (const TargetReport& t : journal_->Report().targets) names.push_back(t.name);
+  EXPECT_EQ(names, std::vector<std::string>{"vm1-2"});
+  EXPECT_TRUE(store->overflowed()) << "a shipper still reading the removed job's cycle must not ship it";
+  EXPECT_EQ(control_->Handle("commit vm1-1").rfind("error: ", 0), 0u);
+  EXPECT_EQ(control_->Handle("remove-target vm1-1"), "ok\n");
+  EXPECT_EQ(control_->Handle("remove-target").rfind("error: ", 0), 0u);
+  GuestWrite(2, 'Z');
+  ASSERT_EQ(journal_->Report().targets.size(), 1u);
+  EXPECT_GT(journal_->Report().targets[0].dirty.Count(), 0u);
+}
+
 // The tracker stops (SIGTERM: AbortAll) or abandons a cycle while its shipper
 // still reads. Nothing preserves blocks for that store any more (a restarted
 // tracker has no store), so the store must tell the shipper, which then fails
