@@ -408,6 +408,7 @@ TEST(CalendarEventParse, AcceptedFormsAndTheirMeaning) {
       {"*-1,2,3,9..12-*/10 1:2:3", "*-01..03,09..12-01,11,21,31 01:02:03"},
       {"Mon,Tue   2015-10-21   0:0", "Mon,Tue 2015-10-21 00:00:00"},
       {"mon 23:59:59", "Mon *-*-* 23:59:59"},
+      {"fri *-02-29", "Fri *-02-29 00:00:00"},
   };
   for (const auto& [spec, normalized] : cases) {
     EXPECT_EQ(MustParse(spec).Normalized(), normalized) << spec;
