@@ -7,7 +7,7 @@ packages="g++ cmake make pkg-config
   liburing-dev libblkid-dev libzstd-dev libxxhash-dev
   libprotobuf-dev protobuf-compiler libsqlite3-dev libssl-dev openssl openssh-client
   libgtest-dev libgmock-dev nlohmann-json3-dev
-  e2fsprogs util-linux xxd
+  e2fsprogs util-linux xxd tzdata
   qemu-utils libnbd-bin python3-libnbd nbdfuse fuse3 fio"
 
 missing=""
