@@ -301,6 +301,18 @@ Result<std::vector<Job>> JobStore::ListJobs() {
   return out;
 }
 
+Status JobStore::SaveDefinition(const Job& j) {
+  Stmt s(db_,
+         "UPDATE jobs SET schedule=?, rate_mbps=?, comment=?, enabled=?, auto_resync=?, resync_window=?, "
+         "recovery_points=? WHERE id=?");
+  if (!s.ok()) return s.Error("prepare");
+  s.Text(1, j.schedule).Real(2, j.rate_mbps).Text(3, j.comment).Int(4, j.enabled ? 1 : 0);
+  s.Int(5, j.auto_resync ? 1 : 0).Text(6, j.resync_window).Int(7, j.recovery_points).Text(8, j.id);
+  if (s.Step() != SQLITE_DONE) return s.Error("save job " + j.id);
+  if (sqlite3_changes(db_) != 1) return Status::NotFound("no job " + j.id);
+  return Status::Ok();
+}
+
 Status JobStore::SaveJob(const Job& j) {
   Stmt s(db_,
          "UPDATE jobs SET schedule=?, rate_mbps=?, comment=?, enabled=?, state=?, error=?, fail_count=?, "

@@ -96,6 +96,10 @@ class JobStore {
   core::Result<std::vector<Job>> ListJobs();
   // Writes every column of `job` (found by id).
   core::Status SaveJob(const Job& job);
+  // Writes the definition columns only (schedule, rate, comment, enabled,
+  // automatic resync, recovery points): what `update` changes, leaving the
+  // state columns to a run that may be going on.
+  core::Status SaveDefinition(const Job& job);
   // Removes the job's row (its events stay in the history); kNotFound.
   core::Status DeleteJob(const std::string& id);
 

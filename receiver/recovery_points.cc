@@ -712,6 +712,23 @@ Result<std::unique_ptr<PointInTimeVolume>> PointInTimeVolume::Open(const std::st
   return p;
 }
 
+std::vector<BlockRange> PointInTimeVolume::ChangedBlocks() const {
+  std::vector<BlockRange> all;
+  for (const Source& s : sources_) {
+    for (std::size_t i : s.extents) all.push_back({s.meta.extents[i].first_block, s.meta.extents[i].block_count});
+  }
+  std::sort(all.begin(), all.end(), [](const BlockRange& a, const BlockRange& b) { return a.first < b.first; });
+  std::vector<BlockRange> merged;
+  for (const BlockRange& r : all) {
+    if (!merged.empty() && r.first <= merged.back().first + merged.back().count) {
+      merged.back().count = std::max(merged.back().first + merged.back().count, r.first + r.count) - merged.back().first;
+    } else {
+      merged.push_back(r);
+    }
+  }
+  return merged;
+}
+
 Status PointInTimeVolume::ReadBlock(std::uint64_t block, std::vector<std::byte>& buffer) {
   for (Source& s : sources_) {
     auto it = std::upper_bound(s.extents.begin(), s.extents.end(), block, [&](std::uint64_t b, std::size_t i) {

@@ -131,6 +131,11 @@ core::Result<std::vector<RecoveryPoint>> ListRecoveryPoints(const std::string& r
 // kAborted ("guest G is being received by another session") when held.
 core::Result<std::unique_ptr<core::FileLock>> LockGuest(const std::string& replica_dir, const std::string& guest);
 
+struct BlockRange {
+  std::uint64_t first = 0;
+  std::uint64_t count = 0;
+};
+
 // One volume as a point had it, read-only. REQUIRES: the caller holds
 // LockGuest for as long as it reads (no session may change the replica).
 class PointInTimeVolume {
@@ -143,7 +148,10 @@ class PointInTimeVolume {
   // Any range inside size_bytes(); kOutOfRange outside, kCorruption when an
   // undo block does not match its hash.
   core::Status Read(std::uint64_t offset_bytes, std::span<std::byte> out);
-
+  // The blocks where the point differs from the replica (or may: every
+  // block a later cycle overwrote), ascending and merged; none for the
+  // latest point.
+  std::vector<BlockRange> ChangedBlocks() const;
  private:
   struct Source {
     std::string path;
@@ -177,10 +185,6 @@ core::Status RollbackToPointLocked(const std::string& replica_dir, const std::st
 // ---- For the receiver's apply (receiver.cc).
 
 // A range of blocks an apply writes.
-struct BlockRange {
-  std::uint64_t first = 0;
-  std::uint64_t count = 0;
-};
 
 // What PrepareApply decided; handed to CommitHead and Retain.
 struct PointsApply {

@@ -24,9 +24,11 @@
 #include <signal.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -35,6 +37,7 @@
 #include "receiver/failover_view.h"
 #include "receiver/guest_state.h"
 #include "receiver/receiver.h"
+#include "receiver/recovery_points.h"
 #include "receiver/replica_layout.h"
 #include "tools/cli.h"
 #include "tools/commands.h"
@@ -122,18 +125,51 @@ struct ServedVolume {
   std::unique_ptr<receiver::CopyOnWriteView> view;
 };
 
+// A recovery point of one volume as the view's read-only base.
+class PointVolume : public receiver::ReadOnlyVolume {
+ public:
+  static Result<std::unique_ptr<PointVolume>> Open(const std::string& replica_dir, const std::string& guest,
+                                                   const std::string& volume, std::uint64_t point) {
+    auto at = receiver::PointInTimeVolume::Open(replica_dir, guest, volume, point);
+    if (!at.ok()) return at.status();
+    auto p = std::unique_ptr<PointVolume>(new PointVolume());
+    p->at_ = std::move(*at);
+    return p;
+  }
+  std::uint64_t size_bytes() const override { return at_->size_bytes(); }
+  std::uint32_t block_size_bytes() const override { return at_->block_size_bytes(); }
+  Status Read(std::uint64_t offset_bytes, std::span<std::byte> out) override {
+    std::lock_guard lock(mu_);  // one reader of the undo files at a time
+    return at_->Read(offset_bytes, out);
+  }
+
+ private:
+  PointVolume() = default;
+  std::mutex mu_;
+  std::unique_ptr<receiver::PointInTimeVolume> at_;
+};
+
 }  // namespace
 
 int TestFailoverCommand(const std::vector<std::string>& argv) {
-  auto args = ParseArgs(argv, {"replica-dir", "nbd-socket", "nbd-listen", "point", "overlay-dir"}, {});
+  auto args = ParseArgs(argv, {"replica-dir", "nbd-socket", "nbd-listen", "point", "overlay-dir", "state-dir"}, {});
   if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
   if (args->positional.size() != 1 || !args->Value("replica-dir") || !args->Value("nbd-socket")) {
     return ReportError(Status::InvalidArgument(kUsage));
   }
   const std::string guest = args->positional[0];
   const std::string replica_dir = *args->Value("replica-dir");
-  if (auto point = args->Value("point"); point && *point != "latest") {
-    return ReportError(Status::InvalidArgument("--point " + *point + ": recovery points are not available"));
+  std::uint64_t point_id = 0;
+  bool at_point = false;  // false: the latest
+  if (auto p = args->Value("point"); p && *p != "latest") {
+    char* end = nullptr;
+    unsigned long long v = std::strtoull(p->c_str(), &end, 10);
+    if (p->empty() || *end != '\0') {
+      return ReportError(Status::InvalidArgument("--point " + *p + ": a recovery point id (blkrep recovery-points) "
+                                                 "or 'latest'"));
+    }
+    point_id = v;
+    at_point = true;
   }
 
   // Signals are taken by sigwait below; every thread inherits the mask.
@@ -171,9 +207,28 @@ int TestFailoverCommand(const std::vector<std::string>& argv) {
   // overlays) go first.
   std::vector<ServedVolume> volumes;
   std::vector<tracker::NbdExport> exports;
+  if (at_point) {
+    // A recovery point that is the latest is the replica itself.
+    auto points = receiver::ListRecoveryPoints(replica_dir, guest);
+    if (!points.ok()) return ReportError(points.status());
+    auto it = std::find_if(points->begin(), points->end(), [&](const receiver::RecoveryPoint& p) { return p.id == point_id; });
+    if (it == points->end()) {
+      return ReportError(Status::NotFound("guest " + guest + " has no recovery point " + std::to_string(point_id) +
+                                          " (blkrep recovery-points " + guest + " --replica-dir DIR)"));
+    }
+    if (it->latest) at_point = false;
+  }
   for (const receiver::VolumeReplicaState& v : state->volumes) {
-    Result<std::unique_ptr<receiver::ReplicaFileVolume>> base =
-        receiver::ReplicaFileVolume::Open(v.path, v.size_bytes, v.block_size_bytes);
+    Result<std::unique_ptr<receiver::ReadOnlyVolume>> base = Status::Internal("unset");
+    if (at_point) {
+      auto at = PointVolume::Open(replica_dir, guest, v.name, point_id);
+      if (at.ok()) base = std::unique_ptr<receiver::ReadOnlyVolume>(std::move(*at));
+      else base = at.status();
+    } else {
+      auto file = receiver::ReplicaFileVolume::Open(v.path, v.size_bytes, v.block_size_bytes);
+      if (file.ok()) base = std::unique_ptr<receiver::ReadOnlyVolume>(std::move(*file));
+      else base = file.status();
+    }
     if (!base.ok()) return ReportError(base.status().WithContext("volume " + v.name));
     Result<std::unique_ptr<receiver::CopyOnWriteView>> view =
         receiver::CopyOnWriteView::Create(std::move(*base), (*overlay_dir)->path() + "/" + v.name + ".overlay");
@@ -192,8 +247,9 @@ int TestFailoverCommand(const std::vector<std::string>& argv) {
   if (Status started = server.Start(); !started.ok()) return ReportError(started);
   for (const ServedVolume& v : volumes) {
     std::string tcp = server.tcp_address().empty() ? "" : " and nbd://" + server.tcp_address() + "/" + v.name;
-    std::fprintf(stderr, "blkrep: test failover of %s: replica %s (latest point) served writable as "
-                 "nbd+unix:///%s?socket=%s%s\n", guest.c_str(), v.replica_path.c_str(), v.name.c_str(),
+    std::string at = at_point ? "recovery point " + std::to_string(point_id) : std::string("latest point");
+    std::fprintf(stderr, "blkrep: test failover of %s: replica %s (%s) served writable as "
+                 "nbd+unix:///%s?socket=%s%s\n", guest.c_str(), v.replica_path.c_str(), at.c_str(), v.name.c_str(),
                  server_options.unix_socket.c_str(), tcp.c_str());
   }
   std::fprintf(stderr, "blkrep: test failover of %s: writes go to %s; replication of %s waits until this stops\n",

@@ -127,6 +127,7 @@ Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir
   request.rate_mbps = job.rate_mbps;
   request.ship = ship;
   request.ship.cancel = &g_cancel;
+  request.ship.recovery_points = job.recovery_points;
   request.allow_resync = force_resync || ResyncAllowed(job, *job.last_try);
   Progress progress("blkrep: " + job.id);
   request.ship.progress = [&](std::uint64_t done, std::uint64_t total) { progress.Update(done, total); };
@@ -299,8 +300,9 @@ int TargetCommand(const std::vector<std::string>& argv) {
 int CreateLocalJobCommand(const std::vector<std::string>& argv) {
   constexpr const char* kUsage =
       "usage: blkrep create-local-job JOBID TARGET [--schedule SPEC] [--rate MBPS] [--comment TEXT] [--disable] "
-      "[--auto-resync on|off] [--resync-window HH:MM-HH:MM|any]";
-  auto args = ParseArgs(argv, {"state-dir", "schedule", "rate", "comment", "auto-resync", "resync-window"}, {"disable"});
+      "[--auto-resync on|off] [--resync-window HH:MM-HH:MM|any] [--recovery-points N]";
+  auto args = ParseArgs(argv, {"state-dir", "schedule", "rate", "comment", "auto-resync", "resync-window", "recovery-points"},
+                        {"disable"});
   if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
   if (args->positional.size() != 2) return ReportError(Status::InvalidArgument(kUsage));
   jobs::Job job;
@@ -308,16 +310,9 @@ int CreateLocalJobCommand(const std::vector<std::string>& argv) {
   job.target = args->positional[1];
   Status valid = jobs::ValidateJobId(job.id, &job.guest);
   if (!valid.ok()) return ReportError(valid);
-  if (auto s = args->Value("schedule")) job.schedule = *s;
-  if (job.schedule.empty()) return ReportError(Status::InvalidArgument("--schedule: empty"));
-  if (auto r = args->Value("rate")) {
-    Status rated = ParseRate(*r, &job.rate_mbps);
-    if (!rated.ok()) return ReportError(rated);
-  }
-  if (auto c = args->Value("comment")) job.comment = *c;
+  Status defined = ParseDefinitionOptions(*args, job);
+  if (!defined.ok()) return ReportError(defined);
   job.enabled = !args->Flag("disable");
-  Status resync_options = ParseResyncOptions(*args, job);
-  if (!resync_options.ok()) return ReportError(resync_options);
   auto store = OpenStore(*args);
   if (!store.ok()) return ReportError(store.status());
   Status created = (*store)->CreateJob(job);
@@ -332,8 +327,9 @@ int CreateLocalJobCommand(const std::vector<std::string>& argv) {
 int UpdateCommand(const std::vector<std::string>& argv) {
   constexpr const char* kUsage =
       "usage: blkrep update JOBID [--schedule SPEC] [--rate MBPS] [--comment TEXT] [--auto-resync on|off] "
-      "[--resync-window HH:MM-HH:MM|any]";
-  auto args = ParseArgs(argv, {"state-dir", "schedule", "rate", "comment", "auto-resync", "resync-window"}, {});
+      "[--resync-window HH:MM-HH:MM|any] [--recovery-points N]";
+  auto args = ParseArgs(argv, {"state-dir", "schedule", "rate", "comment", "auto-resync", "resync-window", "recovery-points"},
+                        {});
   if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
   if (args->positional.size() != 1) return ReportError(Status::InvalidArgument(kUsage));
   const std::string& id = args->positional[0];
@@ -343,18 +339,10 @@ int UpdateCommand(const std::vector<std::string>& argv) {
   if (!store.ok()) return ReportError(store.status());
   auto job = (*store)->GetJob(id);
   if (!job.ok()) return ReportError(job.status());
-  if (auto s = args->Value("schedule")) {
-    if (s->empty()) return ReportError(Status::InvalidArgument("--schedule: empty"));
-    job->schedule = *s;
-  }
-  if (auto r = args->Value("rate")) {
-    Status rated = ParseRate(*r, &job->rate_mbps);
-    if (!rated.ok()) return ReportError(rated);
-  }
-  if (auto c = args->Value("comment")) job->comment = *c;
-  Status resync_options = ParseResyncOptions(*args, *job);
-  if (!resync_options.ok()) return ReportError(resync_options);
-  Status saved = (*store)->SaveJob(*job);
+  Status defined = ParseDefinitionOptions(*args, *job);
+  if (!defined.ok()) return ReportError(defined);
+  // The definition only: a run going on meanwhile owns the state columns.
+  Status saved = (*store)->SaveDefinition(*job);
   return saved.ok() ? kExitOk : ReportError(saved);
 }
 

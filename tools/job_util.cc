@@ -7,6 +7,7 @@
 #include <cmath>
 #include <ctime>
 
+#include "jobs/calendar_event.h"
 #include "proto/frame.h"
 
 namespace blkrep::tools {
@@ -29,10 +30,6 @@ Status ParseRate(const std::string& text, double* rate) {
   return Status::Ok();
 }
 
-// The next run time: a retry with back-off after failures (pvesr: last try
-// + 5 minutes x fail count while it is at most 3, then every 30 minutes),
-// else the schedule. Only "*/N" (every N minutes) is understood so far;
-// other schedules report no next time.
 std::optional<std::int64_t> NextSync(const jobs::Job& j) {
   if (!j.enabled || j.state == "suspended") return std::nullopt;
   if (j.run_now) return Now();  // schedule-now: the next bare `run`, whatever else says
@@ -40,15 +37,12 @@ std::optional<std::int64_t> NextSync(const jobs::Job& j) {
   if (j.fail_count > 0 && j.last_try) {
     return *j.last_try + (j.fail_count <= 3 ? 300 * static_cast<std::int64_t>(j.fail_count) : 1800);
   }
-  if (j.schedule.rfind("*/", 0) == 0) {
-    int minutes = std::atoi(j.schedule.c_str() + 2);
-    if (minutes > 0) {
-      std::int64_t from = j.last_sync.value_or(Now() - 1);
-      std::int64_t period = minutes * 60;
-      return (from / period + 1) * period;
-    }
-  }
-  return std::nullopt;
+  // The schedule's next event after the last success (pvesr), in local
+  // time; a job that never succeeded is due at the next event from now (a
+  // bare run picks a job that never ran at once).
+  auto schedule = jobs::CalendarEvent::Parse(j.schedule);
+  if (!schedule.ok()) return std::nullopt;  // validated when stored; an old row may not be
+  return schedule->Next(j.last_sync.value_or(Now() - 1));
 }
 
 std::string FormatTime(std::optional<std::int64_t> t) {
@@ -163,6 +157,26 @@ Status ParseShipOptions(const Args& args, shipper::ShipOptions& ship) {
     ship.batches_in_flight = static_cast<unsigned>(*n);
   }
   return Status::Ok();
+}
+
+Status ParseDefinitionOptions(const Args& args, jobs::Job& job) {
+  if (auto s = args.Value("schedule")) {
+    auto parsed = jobs::CalendarEvent::Parse(*s);
+    if (!parsed.ok()) return parsed.status().WithContext("--schedule");
+    job.schedule = *s;
+  }
+  if (auto r = args.Value("rate")) BLKREP_RETURN_IF_ERROR(ParseRate(*r, &job.rate_mbps));
+  if (auto c = args.Value("comment")) job.comment = *c;
+  if (auto n = args.Value("recovery-points")) {
+    char* end = nullptr;
+    unsigned long v = std::strtoul(n->c_str(), &end, 10);
+    if (n->empty() || *end != '\0' || v > 24) {
+      return Status::InvalidArgument("--recovery-points: 0 to 24 (cycles whose undo data the target keeps), got '" +
+                                     *n + "'");
+    }
+    job.recovery_points = static_cast<std::uint32_t>(v);
+  }
+  return ParseResyncOptions(args, job);
 }
 
 // --auto-resync on|off and --resync-window HH:MM-HH:MM|any into `job`.

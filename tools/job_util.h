@@ -51,6 +51,11 @@ bool ResyncAllowed(const jobs::Job& j, std::int64_t now);
 void AddEventOrWarn(jobs::JobStore& store, const jobs::Event& e);
 // --zstd-level, --batch-size, --read-ahead into `ship`.
 core::Status ParseShipOptions(const Args& args, shipper::ShipOptions& ship);
+// The definition options of create-local-job and update into `job`:
+// --schedule (a calendar event, validated: kInvalidArgument naming what is
+// wrong), --rate, --comment, --recovery-points (0 to 24), --auto-resync,
+// --resync-window.
+core::Status ParseDefinitionOptions(const Args& args, jobs::Job& job);
 // --auto-resync on|off and --resync-window HH:MM-HH:MM|any into `job`.
 core::Status ParseResyncOptions(const Args& args, jobs::Job& job);
 jobs::Event MakeEvent(const jobs::Job& job, std::string kind, std::string message, std::string details);

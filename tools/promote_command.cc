@@ -27,9 +27,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <map>
 
 #include "core/file_block_device.h"
 #include "core/file_system.h"
@@ -37,6 +39,7 @@
 #include "jobs/job_store.h"
 #include "receiver/diverged.h"
 #include "receiver/guest_state.h"
+#include "receiver/recovery_points.h"
 #include "receiver/replica_layout.h"
 #include "tools/cli.h"
 #include "tools/commands.h"
@@ -132,8 +135,39 @@ int PromoteCommand(const std::vector<std::string>& argv) {
                                        ": a received cycle waits to be applied (a receive session of the guest "
                                        "applies it); promote after that"));
   }
-  if (args->Value("point")) {
-    return ReportError(Status::Unsupported("--point: this receiver keeps no recovery points"));
+  // A recovery point: the replicas are rolled back to it first. The blocks
+  // the rollback rewrites are what the promoted side changed with respect
+  // to the latest cycle (which the old source holds): dirty for the job.
+  std::map<std::string, std::vector<receiver::BlockRange>> rolled_back;
+  std::map<std::string, std::uint64_t> latest_epoch;
+  for (const receiver::VolumeState& vs : state->volumes) latest_epoch[vs.name] = vs.committed_epoch;
+  std::string point_text = "latest";
+  if (auto p = args->Value("point"); p && *p != "latest") {
+    char* end = nullptr;
+    unsigned long long id = std::strtoull(p->c_str(), &end, 10);
+    if (p->empty() || *end != '\0') {
+      return ReportError(Status::InvalidArgument("--point " + *p + ": a recovery point id (blkrep recovery-points) "
+                                                 "or 'latest'"));
+    }
+    auto points = receiver::ListRecoveryPoints(replica_dir, guest);
+    if (!points.ok()) return ReportError(points.status());
+    auto it = std::find_if(points->begin(), points->end(), [&](const receiver::RecoveryPoint& x) { return x.id == id; });
+    if (it == points->end()) {
+      return ReportError(Status::NotFound("guest " + guest + " has no recovery point " + *p +
+                                          " (blkrep recovery-points " + guest + " --replica-dir " + replica_dir + ")"));
+    }
+    if (!it->latest) {
+      for (const receiver::VolumeState& vs : state->volumes) {
+        auto at = receiver::PointInTimeVolume::Open(replica_dir, guest, vs.name, id);
+        if (!at.ok()) return ReportError(at.status());
+        rolled_back[vs.name] = (*at)->ChangedBlocks();
+      }
+      Status rolled = receiver::RollbackToPointLocked(replica_dir, guest, id);
+      if (!rolled.ok()) return ReportError(rolled.WithContext("roll back to recovery point " + *p));
+      state = receiver::ReadGuestStateFile(fs, guest_dir);
+      if (!state.ok()) return ReportError(state.status());
+    }
+    point_text = std::to_string(id);
   }
   for (const receiver::VolumeState& vs : state->volumes) {
     if (vs.incomplete || vs.committed_epoch == 0) {
@@ -151,7 +185,8 @@ int PromoteCommand(const std::vector<std::string>& argv) {
   if (!made.ok()) return ReportError(made);
 
   core::JsonWriter w(core::JsonStyle::kPretty);
-  w.BeginObject().Key("guest").String(guest).Key("job").String(state->job).Key("volumes").BeginArray();
+  w.BeginObject().Key("guest").String(guest).Key("job").String(state->job).Key("point").String(point_text);
+  w.Key("volumes").BeginArray();
   std::string track_args;
   for (const receiver::VolumeState& vs : state->volumes) {
     auto replica = receiver::ReplicaPath(replica_dir, guest, vs.name);
@@ -172,11 +207,17 @@ int PromoteCommand(const std::vector<std::string>& argv) {
     std::string journal_path = tracker::JournalPath(state_dir, guest, vs.name);
     auto journal = tracker::Journal::Open(fs, journal_path, d, options);
     if (!journal.ok()) return ReportError(journal.status().WithContext("volume " + vs.name));
-    Status seeded =
-        (*journal)->SeedTarget(state->job, vs.committed_epoch, tracker::DirtyBitmap((*journal)->block_count()));
+    // The job's numbering goes on from the latest cycle (what the old
+    // source holds); blocks a rollback rewrote differ from it.
+    tracker::DirtyBitmap dirty((*journal)->block_count());
+    for (const receiver::BlockRange& r : rolled_back[vs.name]) {
+      if (r.first < dirty.block_count()) dirty.SetRange(r.first, std::min(r.count, dirty.block_count() - r.first));
+    }
+    Status seeded = (*journal)->SeedTarget(state->job, latest_epoch[vs.name], dirty);
     if (seeded.ok()) seeded = (*journal)->Close(*identity);
     if (!seeded.ok()) return ReportError(seeded.WithContext("volume " + vs.name));
     w.BeginObject().Key("name").String(vs.name).Key("path").String(*replica).Key("epoch").Uint(vs.committed_epoch);
+    w.Key("job_epoch").Uint(latest_epoch[vs.name]).Key("rolled_back_blocks").Uint(dirty.Count());
     w.Key("journal").String(journal_path).EndObject();
     track_args += " " + vs.name + "=" + *replica;
   }

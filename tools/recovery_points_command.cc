@@ -71,7 +71,7 @@ std::string Text(const std::vector<receiver::RecoveryPoint>& points) {
 }  // namespace
 
 int RecoveryPointsCommand(const std::vector<std::string>& argv) {
-  auto args = ParseArgs(argv, {"replica-dir"}, {"json"});
+  auto args = ParseArgs(argv, {"replica-dir", "state-dir"}, {"json"});
   if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
   std::optional<std::string> dir = args->Value("replica-dir");
   if (args->positional.size() != 1 || !dir || dir->empty()) {

@@ -301,5 +301,96 @@ TEST(TestFailoverTest, AnExt4FilesystemMadeOnTheViewChecksCleanAndTheReplicaStay
   EXPECT_TRUE(rig.ReplicaImages() == replicas_before) << "the replica changed";
 }
 
+
+// Recovery points end to end: a job that keeps 2, four cycles, the points
+// listed; a test failover at the oldest serves exactly the source as that
+// cycle froze it (the replica untouched); promote at that point rolls the
+// replica back, and the reversed job ships exactly the blocks the rollback
+// rewrote plus what the guest wrote after the failover.
+TEST(TestFailoverTest, RecoveryPointsAreListedServedAtAnyPointAndPromotedAt) {
+  BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
+  BLKREP_REQUIRE_PROGRAM(nbdcopy, "nbdcopy");
+  const std::string job = std::string(kGuest) + "-0";
+  Rig a;
+  Rig b;
+  a.AddVolume("disk0", 4 * kMiB);
+  ASSERT_TRUE(a.StartTracker());
+  ASSERT_TRUE(a.QemuIo(qemu_io, "disk0", {"write -P 0x11 0 2M"}));
+  ASSERT_TRUE(a.AddTarget("nodeB", {"--exec", b.ReceiveCommand()}));
+  ASSERT_TRUE(a.CreateJob(job, "nodeB", {"--recovery-points", "2"}));
+  std::vector<std::vector<std::uint8_t>> images;  // the source after each cycle
+  auto cycle = [&](const std::vector<std::string>& writes, const char* mode) {
+    if (!writes.empty()) {
+      ASSERT_TRUE(a.QemuIo(qemu_io, "disk0", writes));
+    }
+    json r = a.Run(job);
+    ASSERT_EQ(r["mode"], mode) << r.dump();
+    images.push_back(ReadAll(a.volumes()[0].path));
+  };
+  auto at = [](std::uint64_t block, std::uint64_t count, int pattern) {
+    return "write -P " + std::to_string(pattern) + " " + std::to_string(block * kBlockBytes) + " " +
+           std::to_string(count * kBlockBytes);
+  };
+  cycle({}, "full");
+  cycle({at(100, 10, 0x22)}, "incremental");
+  cycle({at(200, 10, 0x33), at(105, 2, 0x34)}, "incremental");
+  cycle({at(300, 5, 0x44)}, "incremental");
+
+  RunResult listed = b.Blkrep({"recovery-points", kGuest, "--replica-dir", b.replica_dir(), "--json"});
+  ASSERT_EQ(listed.exit_status, 0) << Describe(listed);
+  json points = json::parse(listed.out, nullptr, false);
+  if (points.is_object() && points.contains("points")) points = points["points"];
+  ASSERT_TRUE(points.is_array() && points.size() == 3) << listed.out;  // 2 kept + the replica itself
+  EXPECT_EQ(points[2]["latest"], true) << listed.out;
+  const std::string oldest = std::to_string(points[0]["id"].get<std::uint64_t>());
+  const std::string middle = std::to_string(points[1]["id"].get<std::uint64_t>());
+
+  // Test failover at the oldest point (the source after the 2nd cycle).
+  const std::vector<std::uint8_t> replica_before = ReadAll(b.ReplicaPath("disk0"));
+  {
+    Failover failover(b);
+    ASSERT_TRUE(failover.Start({"--point", oldest}));
+    EXPECT_TRUE(CopyExport(b, nbdcopy, failover, "disk0") == images[1]) << "point " << oldest;
+    RunResult w = RunProgram(b.dir(), {qemu_io, "-f", "raw", "-c", "write -P 0x77 0 64K", failover.Uri("disk0")});
+    EXPECT_EQ(w.exit_status, 0) << Describe(w);
+    failover.process().Signal(SIGTERM);
+    EXPECT_EQ(failover.process().Wait(std::chrono::seconds(20)).value_or(-1), 0) << failover.process().err();
+  }
+  {
+    Failover failover(b);
+    ASSERT_TRUE(failover.Start({"--point", middle}));
+    EXPECT_TRUE(CopyExport(b, nbdcopy, failover, "disk0") == images[2]) << "point " << middle;
+    failover.process().Signal(SIGTERM);
+    EXPECT_EQ(failover.process().Wait(std::chrono::seconds(20)).value_or(-1), 0) << failover.process().err();
+  }
+  EXPECT_TRUE(ReadAll(b.ReplicaPath("disk0")) == replica_before) << "a test failover changed the replica";
+  RunResult none = b.Blkrep({"test-failover", kGuest, "--replica-dir", b.replica_dir(), "--nbd-socket",
+                             b.dir().File("x.sock"), "--point", "999"});
+  EXPECT_EQ(none.exit_status, 1) << Describe(none);
+  EXPECT_NE(none.err.find("no recovery point 999"), std::string::npos) << none.err;
+
+  // Failover to the oldest point: the replica becomes the source as it was.
+  ASSERT_EQ(a.tracker().Stop(SIGTERM), std::optional<int>(0));
+  RunResult promoted = b.Blkrep({"promote", kGuest, "--replica-dir", b.replica_dir(), "--point", oldest, "--json"});
+  ASSERT_EQ(promoted.exit_status, 0) << Describe(promoted);
+  EXPECT_TRUE(ReadAll(b.ReplicaPath("disk0")) == images[1]);
+  json p = json::parse(promoted.out);
+  // Rolled back: blocks 200-209 and 105-106 (3rd cycle), 300-304 (4th).
+  EXPECT_EQ(p["volumes"][0]["rolled_back_blocks"], 17) << promoted.out;
+  Tracker tb(b.dir(), {{"disk0", b.ReplicaPath("disk0")}});
+  ASSERT_TRUE(tb.Start());
+  RunResult w = RunProgram(b.dir(), {qemu_io, "-f", "raw", "-c", at(400, 3, 0x55), tb.Uri("disk0")});
+  ASSERT_EQ(w.exit_status, 0) << Describe(w);
+  RunResult demoted = a.Blkrep({"demote", kGuest, "--replica-dir", a.replica_dir()});
+  ASSERT_EQ(demoted.exit_status, 0) << Describe(demoted);
+  ASSERT_TRUE(b.AddTarget("nodeA", {"--exec", a.ReceiveCommand()}));
+  ASSERT_TRUE(b.CreateJob(job, "nodeA"));
+  json reverse = b.Run(job);
+  EXPECT_EQ(reverse["mode"], "incremental") << reverse.dump();
+  EXPECT_EQ(reverse["blocks_sent"], 17 + 3) << reverse.dump();
+  ASSERT_EQ(tb.Stop(SIGTERM), std::optional<int>(0));
+  EXPECT_TRUE(ReadAll(a.volumes()[0].path) == ReadAll(b.ReplicaPath("disk0")));
+}
+
 }  // namespace
 }  // namespace blkrep::jobs::test
