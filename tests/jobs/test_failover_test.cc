@@ -208,12 +208,12 @@ TEST(TestFailoverTest, RefusesAGuestWithoutACompleteCommittedReplica) {
                                           rig.replica_dir(), "--nbd-socket", rig.dir().File("f.sock")});
   EXPECT_EQ(none.exit_status, 1) << Describe(none);
   EXPECT_NE(none.err.find("holds no replica of guest vm100"), std::string::npos) << Describe(none);
-  // Recovery points are not there yet.
+  // A point that is not a number is a usage error.
   RunResult point = RunProgram(rig.dir(), {BlkrepBinary(), "test-failover", kGuest, "--replica-dir",
                                            rig.replica_dir(), "--nbd-socket", rig.dir().File("f.sock"), "--point",
-                                           "3"});
+                                           "x3"});
   EXPECT_EQ(point.exit_status, 2) << Describe(point);
-  EXPECT_NE(point.err.find("recovery points are not available"), std::string::npos) << Describe(point);
+  EXPECT_NE(point.err.find("--point x3"), std::string::npos) << Describe(point);
 
   MakeReplicatedGuest(rig, qemu_io, 2 * kMiB);
   if (HasFatalFailure()) return;
