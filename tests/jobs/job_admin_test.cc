@@ -404,5 +404,39 @@ TEST(JobAdminTest, DeleteOnlyForgetsASymlinkedReplica) {
   EXPECT_FALSE(Exists(guest_dir + "/.staging"));
 }
 
+
+// Schedules through the command line: a bad calendar event is refused with
+// exit 2 naming what is wrong; a good one gives the next sync in local time
+// after the last success (computed here independently: Asia/Kolkata is
+// UTC+5:30 all year). Daylight-saving changes are covered instant by
+// instant in calendar_event_test.cc.
+TEST(JobAdminTest, SchedulesAreValidatedAndTheNextSyncIsTheirNextLocalEvent) {
+  if (::access("/usr/share/zoneinfo/Asia/Kolkata", R_OK) != 0) GTEST_SKIP() << "tzdata is not installed";
+  Rig rig;
+  PrepareRig(rig);
+  RunResult bad = rig.Blkrep({"create-local-job", "vm100-0", "T1", "--schedule", "mon..xyz 8:00"});
+  EXPECT_EQ(bad.exit_status, 2) << Describe(bad);
+  EXPECT_NE(bad.err.find("unknown weekday 'xyz'"), std::string::npos) << bad.err;
+  ASSERT_TRUE(rig.CreateJob("vm100-0", "T1", {"--schedule", "daily"}));
+  RunResult bad_update = rig.Blkrep({"update", "vm100-0", "--schedule", "sat 25:00"});
+  EXPECT_EQ(bad_update.exit_status, 2) << Describe(bad_update);
+  EXPECT_NE(bad_update.err.find("hour 25"), std::string::npos) << bad_update.err;
+  EXPECT_EQ(Read(rig, "vm100-0")["schedule"], "daily");  // unchanged
+
+  const char* old_tz = std::getenv("TZ");
+  std::string saved = old_tz ? old_tz : "";
+  ::setenv("TZ", "Asia/Kolkata", 1);
+  ASSERT_FALSE(rig.Run("vm100-0").is_null());
+  json st = rig.Status("vm100-0");
+  const std::int64_t last = st["last_sync"].get<std::int64_t>();
+  const std::int64_t offset = 5 * 3600 + 30 * 60;
+  EXPECT_EQ(st["next_sync"].get<std::int64_t>(), ((last + offset) / 86400 + 1) * 86400 - offset) << st.dump();
+  ASSERT_EQ(rig.Blkrep({"update", "vm100-0", "--schedule", "*/20"}).exit_status, 0);
+  st = rig.Status("vm100-0");
+  // Minutes 0, 20 and 40 of local hours (in Kolkata not those of UTC hours).
+  EXPECT_EQ(st["next_sync"].get<std::int64_t>(), ((last + offset) / 1200 + 1) * 1200 - offset) << st.dump();
+  if (old_tz) ::setenv("TZ", saved.c_str(), 1);
+  else ::unsetenv("TZ");
+}
 }  // namespace
 }  // namespace blkrep::jobs::test
