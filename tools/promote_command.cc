@@ -32,6 +32,8 @@
 #include <ctime>
 #include <filesystem>
 #include <map>
+#include <optional>
+#include <set>
 
 #include "core/file_block_device.h"
 #include "core/file_system.h"
@@ -100,21 +102,49 @@ bool TrackerAnswers(const std::string& state_dir, const std::string& guest) {
   return reply.ok() || reply.status().code() != core::Code::kNotFound;
 }
 
+// What promote and demote both parse: GUEST and --replica-dir, the state
+// directory. Sets *exit_status and returns nothing on a usage error.
+struct GuestCommand {
+  Args args;
+  std::string guest, replica_dir, guest_dir, state_dir;
+};
+
+std::optional<GuestCommand> ParseGuestCommand(const std::vector<std::string>& argv, const char* usage,
+                                              std::set<std::string> valued, int* exit_status) {
+  valued.insert({"state-dir", "replica-dir"});
+  auto args = ParseArgs(argv, valued, {"json"});
+  if (!args.ok()) {
+    *exit_status = ReportError(args.status().WithContext(usage));
+    return std::nullopt;
+  }
+  if (args->positional.size() != 1 || !args->Value("replica-dir")) {
+    *exit_status = ReportError(Status::InvalidArgument(usage));
+    return std::nullopt;
+  }
+  GuestCommand c;
+  c.guest = args->positional[0];
+  if (!tracker::journal_format::IsValidName(c.guest)) {
+    *exit_status = ReportError(Status::InvalidArgument("invalid guest name '" + c.guest + "'"));
+    return std::nullopt;
+  }
+  c.replica_dir = *args->Value("replica-dir");
+  c.guest_dir = c.replica_dir + "/" + c.guest;
+  c.state_dir = StateDir(*args);
+  c.args = std::move(*args);
+  return c;
+}
+
 }  // namespace
 
 int PromoteCommand(const std::vector<std::string>& argv) {
-  constexpr const char* kUsage =
-      "usage: blkrep promote GUEST --replica-dir DIR [--point ID] [--state-dir DIR] [--json]";
-  auto args = ParseArgs(argv, {"state-dir", "replica-dir", "point"}, {"json"});
-  if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
-  if (args->positional.size() != 1 || !args->Value("replica-dir")) return ReportError(Status::InvalidArgument(kUsage));
-  const std::string guest = args->positional[0];
-  if (!tracker::journal_format::IsValidName(guest)) {
-    return ReportError(Status::InvalidArgument("invalid guest name '" + guest + "'"));
-  }
-  const std::string replica_dir = *args->Value("replica-dir");
-  const std::string guest_dir = replica_dir + "/" + guest;
-  const std::string state_dir = StateDir(*args);
+  int exit_status = kExitOk;
+  std::optional<GuestCommand> c = ParseGuestCommand(
+      argv, "usage: blkrep promote GUEST --replica-dir DIR [--point ID] [--state-dir DIR] [--json]", {"point"},
+      &exit_status);
+  if (!c) return exit_status;
+  const Args* args = &c->args;
+  const std::string &guest = c->guest, &replica_dir = c->replica_dir, &guest_dir = c->guest_dir,
+                    &state_dir = c->state_dir;
   core::FileSystem& fs = core::PosixFileSystemInstance();
 
   auto exists = fs.Exists(guest_dir + "/" + receiver::kStateFileName);
@@ -244,17 +274,14 @@ int PromoteCommand(const std::vector<std::string>& argv) {
 }
 
 int DemoteCommand(const std::vector<std::string>& argv) {
-  constexpr const char* kUsage = "usage: blkrep demote GUEST --replica-dir DIR [--job JOBID] [--state-dir DIR] [--json]";
-  auto args = ParseArgs(argv, {"state-dir", "replica-dir", "job"}, {"json"});
-  if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
-  if (args->positional.size() != 1 || !args->Value("replica-dir")) return ReportError(Status::InvalidArgument(kUsage));
-  const std::string guest = args->positional[0];
-  if (!tracker::journal_format::IsValidName(guest)) {
-    return ReportError(Status::InvalidArgument("invalid guest name '" + guest + "'"));
-  }
-  const std::string replica_dir = *args->Value("replica-dir");
-  const std::string guest_dir = replica_dir + "/" + guest;
-  const std::string state_dir = StateDir(*args);
+  int exit_status = kExitOk;
+  std::optional<GuestCommand> c = ParseGuestCommand(
+      argv, "usage: blkrep demote GUEST --replica-dir DIR [--job JOBID] [--state-dir DIR] [--json]", {"job"},
+      &exit_status);
+  if (!c) return exit_status;
+  const Args* args = &c->args;
+  const std::string &guest = c->guest, &replica_dir = c->replica_dir, &guest_dir = c->guest_dir,
+                    &state_dir = c->state_dir;
   core::FileSystem& fs = core::PosixFileSystemInstance();
   if (TrackerAnswers(state_dir, guest)) {
     return ReportError(Status::Aborted("a tracker serves guest " + guest +
