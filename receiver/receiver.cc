@@ -159,6 +159,10 @@ class Session {
       : options_(options), report_(report), reader_(stream), writer_(stream) {}
 
   Status Run();
+  // No session: finishes the apply of a cycle the guest's state says is
+  // pending (what every session does first). REQUIRES: the caller holds
+  // the guest's lock.
+  Status FinishPendingApply(const std::string& guest);
   // The session stopped at a crash_hook point: no cleanup, no ERROR frame.
   bool crashed() const { return crashed_; }
   // The session's ERROR frame went out already (from the replica hasher).
@@ -1255,6 +1259,34 @@ Status Session::RemoveGuest(const proto::RemoveGuest& m) {
   for (std::size_t i = 0; i < volumes_.size(); ++i) ack.add_committed_epochs(0);
   ack.set_bytes_received(reader_.bytes_received());
   return writer_.Send(FrameType::kAck, ack);
+}
+
+Status Session::FinishPendingApply(const std::string& guest) {
+  guest_ = guest;
+  guest_dir_ = options_.replica_dir + "/" + guest_;
+  staging_dir_ = guest_dir_ + "/" + kStagingDirName;
+  BLKREP_ASSIGN_OR_RETURN(state_, ReadGuestStateFile(fs_, guest_dir_));
+  if (!state_.apply_pending) return Status::Ok();
+  return FinishApply(std::nullopt);
+}
+
+namespace {
+
+// A stream for a Session that talks to no one.
+class NoStream : public proto::Stream {
+ public:
+  Status ReadFull(std::span<std::byte>) override { return Status::Internal("no peer"); }
+  Status WriteAll(std::span<const std::byte>) override { return Status::Internal("no peer"); }
+};
+
+}  // namespace
+
+Status FinishPendingApplyLocked(const std::string& replica_dir, const std::string& guest) {
+  NoStream none;
+  ReceiverOptions options;
+  options.replica_dir = replica_dir;
+  Session session(none, options, nullptr);
+  return session.FinishPendingApply(guest);
 }
 
 Status ServeSession(proto::Stream& stream, const ReceiverOptions& options, SessionReport* report) {

@@ -93,6 +93,12 @@ struct SessionReport {
 // `report` may be null.
 core::Status ServeSession(proto::Stream& stream, const ReceiverOptions& options, SessionReport* report);
 
+// Applies a cycle the state of `guest` says is pending (validated and
+// durable, not applied yet), as the next session would before anything
+// else; nothing when none is. REQUIRES: the caller holds the guest's lock
+// (`blkrep promote`, whose source may never open a session again).
+core::Status FinishPendingApplyLocked(const std::string& replica_dir, const std::string& guest);
+
 // What the receiver holds for a guest, read without taking the guest's lock
 // (the state file is replaced atomically).
 struct VolumeReplicaState {

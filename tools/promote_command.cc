@@ -41,6 +41,7 @@
 #include "jobs/job_store.h"
 #include "receiver/diverged.h"
 #include "receiver/guest_state.h"
+#include "receiver/receiver.h"
 #include "receiver/recovery_points.h"
 #include "receiver/replica_layout.h"
 #include "tools/cli.h"
@@ -161,9 +162,12 @@ int PromoteCommand(const std::vector<std::string>& argv) {
     return ReportError(Status::NotFound("guest " + guest + " has no committed replica under " + replica_dir));
   }
   if (state->apply_pending) {
-    return ReportError(Status::Aborted("guest " + guest +
-                                       ": a received cycle waits to be applied (a receive session of the guest "
-                                       "applies it); promote after that"));
+    // The source committed a cycle and died before the receiver applied
+    // it: apply it now, as its next session would have.
+    Status applied = receiver::FinishPendingApplyLocked(replica_dir, guest);
+    if (!applied.ok()) return ReportError(applied.WithContext("apply the cycle received last"));
+    state = receiver::ReadGuestStateFile(fs, guest_dir);
+    if (!state.ok()) return ReportError(state.status());
   }
   // A recovery point: the replicas are rolled back to it first. The blocks
   // the rollback rewrites are what the promoted side changed with respect

@@ -1027,6 +1027,37 @@ TEST_F(ReceiverTest, CrashDuringApplyIsFinishedByTheNextSession) {
   }
 }
 
+// What `blkrep promote` does when the source died right after a cycle's
+// commit point: the pending apply is finished without a session.
+TEST_F(ReceiverTest, APendingApplyIsFinishedWithoutASessionUnderTheGuestLock) {
+  for (const char* point : {"apply-pending", "applied-record"}) {
+    SCOPED_TRACE(point);
+    TempDir dir;
+    ReceiverOptions options;
+    options.replica_dir = dir.path();
+    std::vector<Volume> volumes = {{"disk0", MakeImage(1 << 20, 20)}};
+    ASSERT_TRUE(RunCycle(volumes, 1, proto::CYCLE_MODE_FULL, 1, 0, {}, {}, &options).ok());
+    std::vector<std::vector<std::uint64_t>> dirty = {{3, 4, 5, 90}};
+    for (std::uint64_t b : dirty[0]) Rewrite(volumes[0].image, b, 700 + static_cast<std::uint32_t>(b));
+    options.crash_hook = [&](std::string_view at) {
+      return at == point ? Status::Aborted("simulated crash") : Status::Ok();
+    };
+    EXPECT_FALSE(RunCycle(volumes, 2, proto::CYCLE_MODE_INCREMENTAL, 2, 1, dirty, {}, &options).ok());
+    ASSERT_TRUE(ReadGuestState(dir.path(), kGuest)->apply_pending);
+    {
+      auto lock = core::PosixFileSystemInstance().Lock(dir.path() + "/" + kGuest + "/.lock");
+      ASSERT_TRUE(lock.ok()) << lock.status().ToString();
+      ASSERT_TRUE(FinishPendingApplyLocked(dir.path(), kGuest).ok());
+      // Nothing pending: nothing to do.
+      ASSERT_TRUE(FinishPendingApplyLocked(dir.path(), kGuest).ok());
+    }
+    auto state = ReadGuestState(dir.path(), kGuest);
+    EXPECT_FALSE(state->apply_pending);
+    EXPECT_EQ(state->volumes[0].committed_epoch, 2u);
+    EXPECT_EQ(core::Xxh3_64(ReadFile(*ReplicaPath(dir.path(), kGuest, "disk0"))), core::Xxh3_64(volumes[0].image));
+  }
+}
+
 TEST_F(ReceiverTest, CrashAfterCycleBeginLeavesTheReplicaAtThePreviousCycle) {
   std::vector<Volume> volumes = {{"disk0", MakeImage(1 << 20, 12)}};
   ASSERT_TRUE(RunCycle(volumes, 1, proto::CYCLE_MODE_FULL, 1, 0, {}).ok());
