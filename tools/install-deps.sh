@@ -8,7 +8,7 @@ packages="g++ cmake make pkg-config
   libprotobuf-dev protobuf-compiler libsqlite3-dev libssl-dev openssl openssh-client
   libgtest-dev libgmock-dev nlohmann-json3-dev
   e2fsprogs util-linux xxd tzdata
-  qemu-utils libnbd-bin python3-libnbd nbdfuse fuse3 fio"
+  qemu-utils libnbd-bin python3-libnbd python3-prometheus-client nbdfuse fuse3 fio"
 
 missing=""
 for p in $packages; do
