@@ -247,8 +247,18 @@ int PromoteCommand(const std::vector<std::string>& argv) {
     for (const receiver::BlockRange& r : rolled_back[vs.name]) {
       if (r.first < dirty.block_count()) dirty.SetRange(r.first, std::min(r.count, dirty.block_count() - r.first));
     }
+    // A replica demoted earlier that no cycle reached since: the blocks it
+    // wrote after the common cycle differ from the other side too.
+    auto diverged = receiver::ReadDiverged(fs, guest_dir, vs.name);
+    if (diverged.ok() && diverged->block_count == dirty.block_count()) {
+      for (const auto& [first, count] : diverged->ranges) dirty.SetRange(first, count);
+    } else if (!diverged.ok() && diverged.status().code() != core::Code::kNotFound) {
+      dirty.SetAll();  // unreadable: every block may differ
+    }
     Status seeded = (*journal)->SeedTarget(state->job, latest_epoch[vs.name], dirty);
     if (seeded.ok()) seeded = (*journal)->Close(*identity);
+    // The journal carries them now.
+    if (seeded.ok()) seeded = receiver::RemoveDiverged(fs, guest_dir, vs.name);
     if (!seeded.ok()) return ReportError(seeded.WithContext("volume " + vs.name));
     w.BeginObject().Key("name").String(vs.name).Key("path").String(*replica).Key("epoch").Uint(vs.committed_epoch);
     w.Key("job_epoch").Uint(latest_epoch[vs.name]).Key("rolled_back_blocks").Uint(dirty.Count());

@@ -160,6 +160,45 @@ TEST(FailoverTest, PromoteWriteDemoteAndReverseShipsOnlyTheUnionOfBothSidesChang
   for (const auto& v : a.volumes()) EXPECT_TRUE(ReadAll(v.path) == ReadAll(b.ReplicaPath(v.name))) << v.name;
 }
 
+// A failover called off before any cycle of the reversed job: B is demoted
+// again and A promoted again; the next cycle from A ships what A wrote after
+// the common cycle (kept through its own demotion as diverged blocks, then
+// in its new journal) and what B wrote meanwhile, and both sides match.
+TEST(FailoverTest, AFailoverCalledOffShipsBothSidesChangesWhenItIsUndone) {
+  BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
+  const std::string job = std::string(kGuest) + "-0";
+  Rig a;
+  Rig b;
+  a.AddVolume("disk0", 8 * kMiB);
+  ASSERT_TRUE(a.StartTracker());
+  ASSERT_TRUE(a.QemuIo(qemu_io, "disk0", {"write -P 0x11 0 8M"}));
+  ASSERT_TRUE(a.AddTarget("nodeB", {"--exec", b.ReceiveCommand()}));
+  ASSERT_TRUE(a.CreateJob(job, "nodeB"));
+  ASSERT_EQ(a.Run(job)["mode"], "full");
+  ASSERT_TRUE(a.QemuIo(qemu_io, "disk0", Writes({{10, 4}}, 0x21)));  // never shipped
+  ASSERT_EQ(a.tracker().Stop(SIGTERM), std::optional<int>(0));
+
+  ASSERT_EQ(b.Blkrep({"promote", kGuest, "--replica-dir", b.replica_dir()}).exit_status, 0);
+  Tracker tb(b.dir(), {{"disk0", b.ReplicaPath("disk0")}});
+  ASSERT_TRUE(tb.Start());
+  RunResult w = RunProgram(b.dir(), {qemu_io, "-f", "raw", "-c", Writes({{12, 4}}, 0x31)[0], tb.Uri("disk0")});
+  ASSERT_EQ(w.exit_status, 0) << Describe(w);
+  ASSERT_EQ(a.Blkrep({"demote", kGuest, "--replica-dir", a.replica_dir()}).exit_status, 0);
+
+  // Called off: back to A.
+  ASSERT_EQ(tb.Stop(SIGTERM), std::optional<int>(0));
+  RunResult b_down = b.Blkrep({"demote", kGuest, "--replica-dir", b.replica_dir()});
+  ASSERT_EQ(b_down.exit_status, 0) << Describe(b_down);
+  RunResult a_up = a.Blkrep({"promote", kGuest, "--replica-dir", a.replica_dir(), "--json"});
+  ASSERT_EQ(a_up.exit_status, 0) << Describe(a_up);
+  ASSERT_TRUE(a.StartTracker());
+  ASSERT_EQ(a.Blkrep({"enable", job}).exit_status, 0);
+  json r = a.Run(job);
+  EXPECT_EQ(r["mode"], "incremental") << r.dump();
+  EXPECT_EQ(r["blocks_sent"], 6) << r.dump();  // blocks 10-15: A's 10-13, B's 12-15
+  EXPECT_TRUE(ReadAll(a.volumes()[0].path) == ReadAll(b.ReplicaPath("disk0")));
+}
+
 TEST(FailoverTest, PromoteRefusesAReplicaThatHoldsNoCompleteCycleAndDemoteRefusesARunningTracker) {
   Rig a;
   a.AddVolume("disk0", 4 * kMiB);
