@@ -550,6 +550,35 @@ Status FastZero(int fd, bool is_block_device, std::uint64_t offset, std::uint64_
   return core::ErrnoStatus(errno, "zero range");
 }
 
+enum class NextRequest { kStop, kAnswered, kServe };
+
+// Reads the next request and validates it (nbd::ValidateRequest) before
+// anything else; an invalid one is answered here. kStop: the client is gone
+// or disconnected. A request to serve has its cost reserved: every reply
+// is accounted for until it is sent, so a client that does not read its
+// replies runs into the in-flight cap, not our memory.
+NextRequest ReadRequest(NbdServer::Connection& c, const nbd::ExportLimits& limits, nbd::Request& r,
+                        std::uint64_t& cost) {
+  std::byte header[nbd::kRequestHeaderBytes];
+  if (!ReadFull(c.fd, header, sizeof(header))) return NextRequest::kStop;  // client gone
+  r = nbd::DecodeRequest(header);
+  nbd::Verdict v = nbd::ValidateRequest(r, limits);
+  if (v.kind == nbd::Verdict::Kind::kDisconnect) return NextRequest::kStop;
+  if (r.type == nbd::kCmdDisc && v.kind == nbd::Verdict::Kind::kOk) return NextRequest::kStop;
+  cost = NbdServer::Connection::Cost(v.kind == nbd::Verdict::Kind::kOk && r.type != nbd::kCmdBlockStatus ? r.length
+                                                                                                        : 0);
+  c.Reserve(cost);
+  if (v.kind == nbd::Verdict::Kind::kError) {
+    if (v.payload_bytes > 0 && !Drain(c.fd, v.payload_bytes)) {
+      c.Release(cost);
+      return NextRequest::kStop;
+    }
+    c.SendError(r, v.error, v.why, cost);
+    return NextRequest::kAnswered;
+  }
+  return NextRequest::kServe;
+}
+
 // The transmission phase of a view export (NbdExport::view): every request
 // served synchronously through the BlockDevice interface, in order.
 void ViewTransmission(NbdServer::Connection& c) {
@@ -557,23 +586,11 @@ void ViewTransmission(NbdServer::Connection& c) {
   core::BlockDevice& view = *e.view;
   nbd::ExportLimits limits{view.SizeBytes(), false, c.structured, c.base_allocation};
   for (;;) {
-    std::byte header[nbd::kRequestHeaderBytes];
-    if (!ReadFull(c.fd, header, sizeof(header))) return;  // client gone
-    nbd::Request r = nbd::DecodeRequest(header);
-    nbd::Verdict v = nbd::ValidateRequest(r, limits);
-    if (v.kind == nbd::Verdict::Kind::kDisconnect) return;
-    if (r.type == nbd::kCmdDisc && v.kind == nbd::Verdict::Kind::kOk) return;
-    std::uint64_t cost = NbdServer::Connection::Cost(
-        v.kind == nbd::Verdict::Kind::kOk && r.type != nbd::kCmdBlockStatus ? r.length : 0);
-    c.Reserve(cost);
-    if (v.kind == nbd::Verdict::Kind::kError) {
-      if (v.payload_bytes > 0 && !Drain(c.fd, v.payload_bytes)) {
-        c.Release(cost);
-        return;
-      }
-      c.SendError(r, v.error, v.why, cost);
-      continue;
-    }
+    nbd::Request r;
+    std::uint64_t cost = 0;
+    const NextRequest next = ReadRequest(c, limits, r, cost);
+    if (next == NextRequest::kStop) return;
+    if (next == NextRequest::kAnswered) continue;
     const bool fua = r.flags & nbd::kCmdFlagFua;
     Status s;
     switch (r.type) {
@@ -655,25 +672,11 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
   bool is_block_device = e.device->is_block_device();
   bool fast_zero_unsupported = false;
   for (;;) {
-    std::byte header[nbd::kRequestHeaderBytes];
-    if (!ReadFull(c.fd, header, sizeof(header))) return;  // client gone
-    nbd::Request r = nbd::DecodeRequest(header);
-    nbd::Verdict v = nbd::ValidateRequest(r, limits);
-    if (v.kind == nbd::Verdict::Kind::kDisconnect) return;
-    if (r.type == nbd::kCmdDisc && v.kind == nbd::Verdict::Kind::kOk) return;
-    // Every reply is accounted for until it is sent: a client that does not
-    // read its replies runs into the in-flight cap, not our memory.
-    std::uint64_t cost = NbdServer::Connection::Cost(
-        v.kind == nbd::Verdict::Kind::kOk && r.type != nbd::kCmdBlockStatus ? r.length : 0);
-    c.Reserve(cost);
-    if (v.kind == nbd::Verdict::Kind::kError) {
-      if (v.payload_bytes > 0 && !Drain(c.fd, v.payload_bytes)) {
-        c.Release(cost);
-        return;
-      }
-      c.SendError(r, v.error, v.why, cost);
-      continue;
-    }
+    nbd::Request r;
+    std::uint64_t cost = 0;
+    const NextRequest next = ReadRequest(c, limits, r, cost);
+    if (next == NextRequest::kStop) return;
+    if (next == NextRequest::kAnswered) continue;
     switch (r.type) {
       case nbd::kCmdRead:
       case nbd::kCmdWrite:
