@@ -39,11 +39,11 @@ inline constexpr std::uint64_t kFeatureChecksumResync = 1ULL << 2;
 // Recovery points: CYCLE_BEGIN.recovery_points asks the receiver to keep the
 // undo data of the last N cycles (docs/replica-format.md, "Recovery points").
 inline constexpr std::uint64_t kFeatureRecoveryPoints = 1ULL << 3;
+// Removing a guest's replica (REMOVE_GUEST, `blkrep delete`).
+inline constexpr std::uint64_t kFeatureRemoveGuest = 1ULL << 4;
 // The receiver reports diverged blocks (ReplicaState.diverged): blocks its
 // replica changed after its committed epoch, which the shipper adds to an
 // incremental cycle (a reversed job after a failover or migration).
-// Removing a guest's replica (REMOVE_GUEST, `blkrep delete`).
-inline constexpr std::uint64_t kFeatureRemoveGuest = 1ULL << 4;
 inline constexpr std::uint64_t kFeatureDiverged = 1ULL << 5;
 inline constexpr std::uint64_t kKnownFeatures =
     kFeatureZstd | kFeatureResume | kFeatureChecksumResync | kFeatureRecoveryPoints | kFeatureRemoveGuest |

@@ -1231,12 +1231,16 @@ Status Session::RemoveGuest(const proto::RemoveGuest& m) {
     }
     for (const std::string& name : names) {
       BLKREP_ASSIGN_OR_RETURN(std::string path, ReplicaPath(options_.replica_dir, guest_, name));
+      // Diverged blocks of a demoted source: about a replica that goes.
+      BLKREP_RETURN_IF_ERROR(RemoveDiverged(fs_, guest_dir_, name));
       struct stat st {};
       if (::lstat(path.c_str(), &st) != 0) {
         if (errno == ENOENT) continue;
         return core::ErrnoStatus(errno, "stat replica " + path);
       }
-      // A block device, or a symlink (mapped elsewhere), is only forgotten.
+      // A block device, or a symlink (mapped elsewhere by the operator, or
+      // a demoted source's own volume), is only forgotten: its data is not
+      // erased, and the mapping stays for a later job of the guest.
       if (!S_ISREG(st.st_mode)) continue;
       if (::unlink(path.c_str()) != 0 && errno != ENOENT) return core::ErrnoStatus(errno, "remove replica " + path);
     }

@@ -305,6 +305,11 @@ Result<GuestPoints> LoadGuestPoints(core::FileSystem& fs, const std::string& rep
   const std::string guest_dir = replica_dir + "/" + guest;
   BLKREP_ASSIGN_OR_RETURN(bool exists, fs.Exists(guest_dir + "/" + kStateFileName));
   if (!exists) return Status::NotFound("the receiver holds no replica of guest " + guest + " under " + replica_dir);
+  BLKREP_ASSIGN_OR_RETURN(bool promoted, fs.Exists(guest_dir + "/" + kPromotedFileName));
+  if (promoted) {
+    return Status::Aborted("guest " + guest + " is promoted on this node: its replicas are a running source, "
+                           "with no recovery points");
+  }
   GuestPoints out;
   BLKREP_ASSIGN_OR_RETURN(out.state, ReadGuestStateFile(fs, guest_dir));
   if (out.state.apply_pending) {

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 
 namespace blkrep::tools {
 
@@ -70,7 +71,12 @@ Result<std::pair<std::string, std::string>> ParseNameEqualsVolume(const std::str
   if (eq == std::string::npos || eq == 0 || eq + 1 == text.size()) {
     return Status::InvalidArgument("expected NAME=VOLUME, got '" + text + "'");
   }
-  return std::make_pair(text.substr(0, eq), text.substr(eq + 1));
+  // Absolute: the journal records the path, and whoever opens the volume
+  // later (a run without the tracker, demote) may have another directory.
+  std::error_code ec;
+  std::string path = std::filesystem::absolute(text.substr(eq + 1), ec).lexically_normal().string();
+  if (ec) return Status::InvalidArgument("volume path '" + text.substr(eq + 1) + "': " + ec.message());
+  return std::make_pair(text.substr(0, eq), path);
 }
 
 void KeepLargeBuffersOnTheHeap() {

@@ -46,7 +46,7 @@ int ReportError(const core::Status& status);
 // profiles of both the tracker and a full cycle).
 void KeepLargeBuffersOnTheHeap();
 
-// Splits "NAME=VOLUME"; kInvalidArgument when malformed.
+// Splits "NAME=VOLUME", VOLUME made absolute; kInvalidArgument when malformed.
 core::Result<std::pair<std::string, std::string>> ParseNameEqualsVolume(const std::string& text);
 
 }  // namespace blkrep::tools

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -99,8 +100,15 @@ Result<std::unique_ptr<OverlayDir>> MakeOverlayDir(const std::optional<std::stri
 
 // Why the replicas of `state` cannot be served as one point in time; OK
 // when they can.
-Status CheckServable(const receiver::GuestReplicaState& state) {
+Status CheckServable(const receiver::GuestReplicaState& state, const std::string& replica_dir) {
   const std::string& guest = state.guest;
+  Result<bool> promoted =
+      core::PosixFileSystemInstance().Exists(replica_dir + "/" + guest + "/" + receiver::kPromotedFileName);
+  if (!promoted.ok()) return promoted.status();
+  if (*promoted) {
+    return Status::Aborted("guest " + guest + " is promoted on this node: its replicas are a running source, "
+                           "not a point in time to test");
+  }
   if (state.apply_pending) {
     return Status::Aborted("guest " + guest +
                            ": a received cycle is waiting to be applied to the replicas; let a replication "
@@ -164,7 +172,7 @@ int TestFailoverCommand(const std::vector<std::string>& argv) {
   if (auto p = args->Value("point"); p && *p != "latest") {
     char* end = nullptr;
     unsigned long long v = std::strtoull(p->c_str(), &end, 10);
-    if (p->empty() || *end != '\0') {
+    if (p->empty() || *end != '\0' || !std::isdigit(static_cast<unsigned char>(p->front()))) {
       return ReportError(Status::InvalidArgument("--point " + *p + ": a recovery point id (blkrep recovery-points) "
                                                  "or 'latest'"));
     }
@@ -198,7 +206,7 @@ int TestFailoverCommand(const std::vector<std::string>& argv) {
   // Under the lock: what the sessions committed last, and it stays so.
   state = receiver::ReadGuestState(replica_dir, guest);
   if (!state.ok()) return ReportError(state.status());
-  if (Status servable = CheckServable(*state); !servable.ok()) return ReportError(servable);
+  if (Status servable = CheckServable(*state, replica_dir); !servable.ok()) return ReportError(servable);
 
   Result<std::unique_ptr<OverlayDir>> overlay_dir = MakeOverlayDir(args->Value("overlay-dir"), replica_dir, guest);
   if (!overlay_dir.ok()) return ReportError(overlay_dir.status().WithContext("--overlay-dir"));

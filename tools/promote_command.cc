@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -179,7 +180,7 @@ int PromoteCommand(const std::vector<std::string>& argv) {
   if (auto p = args->Value("point"); p && *p != "latest") {
     char* end = nullptr;
     unsigned long long id = std::strtoull(p->c_str(), &end, 10);
-    if (p->empty() || *end != '\0') {
+    if (p->empty() || *end != '\0' || !std::isdigit(static_cast<unsigned char>(p->front()))) {
       return ReportError(Status::InvalidArgument("--point " + *p + ": a recovery point id (blkrep recovery-points) "
                                                  "or 'latest'"));
     }
@@ -215,13 +216,7 @@ int PromoteCommand(const std::vector<std::string>& argv) {
                                          tracker::JournalPath(state_dir, guest, vs.name) + ")"));
     }
   }
-  Status made = fs.CreateDirectories(tracker::JournalDir(state_dir, guest));
-  if (!made.ok()) return ReportError(made);
-
-  core::JsonWriter w(core::JsonStyle::kPretty);
-  w.BeginObject().Key("guest").String(guest).Key("job").String(state->job).Key("point").String(point_text);
-  w.Key("volumes").BeginArray();
-  std::string track_args;
+  // Every replica checked before anything is made.
   for (const receiver::VolumeState& vs : state->volumes) {
     auto replica = receiver::ReplicaPath(replica_dir, guest, vs.name);
     if (!replica.ok()) return ReportError(replica.status());
@@ -233,14 +228,57 @@ int PromoteCommand(const std::vector<std::string>& argv) {
       return ReportError(Status::Aborted("replica " + *replica + " has " + std::to_string((*device)->SizeBytes()) +
                                          " bytes, its state says " + std::to_string(vs.size_bytes)));
     }
+  }
+  Status made = fs.CreateDirectories(tracker::JournalDir(state_dir, guest));
+  if (!made.ok()) return ReportError(made);
+  // Fenced first: from here on no session of the old source can write the
+  // replicas, whatever happens next.
+  char text[256];
+  std::snprintf(text, sizeof(text), "promoted at %lld to state directory %s, job %s\n", (long long)Now(),
+                state_dir.c_str(), state->job.c_str());
+  Status marked = WriteSmallFileDurably(guest_dir, receiver::kPromotedFileName, text);
+  if (!marked.ok()) return ReportError(marked);
+  // The guest will write the replicas directly, with no undo data: the
+  // recovery points would read its writes as history. They go.
+  Status dropped = receiver::DropAllPoints(fs, guest_dir);
+  if (!dropped.ok()) return ReportError(dropped.WithContext("drop the recovery points"));
+  // A journal made before a failure is removed again (with the fence), so
+  // the promote can be run again.
+  std::vector<std::string> made_journals;
+  auto undo = [&](const Status& failed) {
+    for (const std::string& j : made_journals) {
+      (void)fs.Remove(j);
+      (void)fs.Remove(j + ".lock");
+    }
+    (void)fs.Remove(guest_dir + "/" + receiver::kPromotedFileName);
+    (void)fs.SyncDir(guest_dir);
+    return ReportError(failed);
+  };
+
+  core::JsonWriter w(core::JsonStyle::kPretty);
+  w.BeginObject().Key("guest").String(guest).Key("job").String(state->job).Key("point").String(point_text);
+  w.Key("volumes").BeginArray();
+  std::string track_args;
+  for (const receiver::VolumeState& vs : state->volumes) {
+    auto replica = receiver::ReplicaPath(replica_dir, guest, vs.name);
+    if (!replica.ok()) return undo(replica.status());
+    core::FileBlockDeviceOptions o;
+    o.read_only = true;
+    auto device = core::FileBlockDevice::Open(*replica, o);
+    if (!device.ok()) return undo(device.status().WithContext("volume " + vs.name));
+    if ((*device)->SizeBytes() != vs.size_bytes) {
+      return undo(Status::Aborted("replica " + *replica + " has " + std::to_string((*device)->SizeBytes()) +
+                                         " bytes, its state says " + std::to_string(vs.size_bytes)));
+    }
     auto identity = (*device)->Identity();
-    if (!identity.ok()) return ReportError(identity.status());
+    if (!identity.ok()) return undo(identity.status());
     tracker::VolumeDescriptor d{guest, vs.name, *replica, *identity};
     tracker::JournalOptions options;
     options.block_size_bytes = vs.block_size_bytes;
     std::string journal_path = tracker::JournalPath(state_dir, guest, vs.name);
     auto journal = tracker::Journal::Open(fs, journal_path, d, options);
-    if (!journal.ok()) return ReportError(journal.status().WithContext("volume " + vs.name));
+    if (!journal.ok()) return undo(journal.status().WithContext("volume " + vs.name));
+    made_journals.push_back(journal_path);
     // The job's numbering goes on from the latest cycle (what the old
     // source holds); blocks a rollback rewrote differ from it.
     tracker::DirtyBitmap dirty((*journal)->block_count());
@@ -250,27 +288,23 @@ int PromoteCommand(const std::vector<std::string>& argv) {
     // A replica demoted earlier that no cycle reached since: the blocks it
     // wrote after the common cycle differ from the other side too.
     auto diverged = receiver::ReadDiverged(fs, guest_dir, vs.name);
-    if (diverged.ok() && diverged->block_count == dirty.block_count()) {
+    if (diverged.ok() && diverged->block_count == dirty.block_count() &&
+        diverged->block_size_bytes == (*journal)->block_size_bytes()) {
       for (const auto& [first, count] : diverged->ranges) dirty.SetRange(first, count);
-    } else if (!diverged.ok() && diverged.status().code() != core::Code::kNotFound) {
-      dirty.SetAll();  // unreadable: every block may differ
+    } else if (diverged.ok() || diverged.status().code() != core::Code::kNotFound) {
+      dirty.SetAll();  // unreadable, or of another geometry: every block may differ
     }
     Status seeded = (*journal)->SeedTarget(state->job, latest_epoch[vs.name], dirty);
     if (seeded.ok()) seeded = (*journal)->Close(*identity);
     // The journal carries them now.
     if (seeded.ok()) seeded = receiver::RemoveDiverged(fs, guest_dir, vs.name);
-    if (!seeded.ok()) return ReportError(seeded.WithContext("volume " + vs.name));
+    if (!seeded.ok()) return undo(seeded.WithContext("volume " + vs.name));
     w.BeginObject().Key("name").String(vs.name).Key("path").String(*replica).Key("epoch").Uint(vs.committed_epoch);
     w.Key("job_epoch").Uint(latest_epoch[vs.name]).Key("rolled_back_blocks").Uint(dirty.Count());
     w.Key("journal").String(journal_path).EndObject();
     track_args += " " + vs.name + "=" + *replica;
   }
   w.EndArray();
-  char text[256];
-  std::snprintf(text, sizeof(text), "promoted at %lld to state directory %s, job %s\n", (long long)Now(),
-                state_dir.c_str(), state->job.c_str());
-  Status marked = WriteSmallFileDurably(guest_dir, receiver::kPromotedFileName, text);
-  if (!marked.ok()) return ReportError(marked);
   w.Key("track").String("blkrep track " + guest + track_args + " --state-dir " + state_dir + " --nbd-socket SOCKET");
   w.EndObject();
   if (args->Flag("json")) {
@@ -307,10 +341,25 @@ int DemoteCommand(const std::vector<std::string>& argv) {
   auto names = fs.List(journal_dir);
   if (!names.ok()) return ReportError(names.status().WithContext("guest " + guest + " has no journals"));
   std::vector<tracker::JournalReport> reports;
+  // Each journal's lock, held to the end: no tracker can start on a volume
+  // while it becomes a replica.
+  std::vector<std::unique_ptr<core::FileLock>> journal_locks;
   for (const std::string& n : *names) {
     if (!n.ends_with(tracker::kJournalSuffix)) continue;
-    auto r = tracker::Journal::Read(fs, journal_dir + "/" + n);
+    const std::string path = journal_dir + "/" + n;
+    auto locked = fs.Lock(path + ".lock");
+    if (!locked.ok()) {
+      return ReportError(locked.status().code() == core::Code::kAborted
+                             ? Status::Aborted("journal " + path + " is in use (a tracker or a run of the guest)")
+                             : locked.status());
+    }
+    journal_locks.push_back(std::move(*locked));
+    auto r = tracker::Journal::Read(fs, path);
     if (!r.ok()) return ReportError(r.status());
+    if (!std::filesystem::path(r->volume_path).is_absolute()) {
+      return ReportError(Status::Aborted("journal " + path + " records the relative volume path '" + r->volume_path +
+                                         "' (an older blkrep): run demote from the directory the tracker ran in"));
+    }
     reports.push_back(std::move(*r));
   }
   if (reports.empty()) return ReportError(Status::NotFound("guest " + guest + " has no journal in " + journal_dir));
@@ -319,6 +368,9 @@ int DemoteCommand(const std::vector<std::string>& argv) {
     job = *j;
     Status valid = jobs::ValidateJobId(job, nullptr);
     if (!valid.ok()) return ReportError(valid);
+    bool known = false;
+    for (const auto& t : reports.front().targets) known = known || t.name == job;
+    if (!known) return ReportError(Status::NotFound("guest " + guest + " has no replication job " + job));
   } else {
     for (const auto& t : reports.front().targets) {
       if (!job.empty()) {
@@ -333,6 +385,10 @@ int DemoteCommand(const std::vector<std::string>& argv) {
   if (!made.ok()) return ReportError(made);
   auto lock = LockGuestDir(guest_dir, guest);
   if (!lock.ok()) return ReportError(lock.status());
+  // Recovery points of an earlier life as a replica are no history of what
+  // these volumes hold now.
+  Status dropped = receiver::DropAllPoints(fs, guest_dir);
+  if (!dropped.ok()) return ReportError(dropped.WithContext("drop old recovery points"));
 
   receiver::GuestState state;
   state.job = job;
@@ -368,6 +424,17 @@ int DemoteCommand(const std::vector<std::string>& argv) {
     }
     auto identity = ReplicaIdentityOf(*replica);
     if (!identity.ok()) return ReportError(identity.status());
+    {
+      // The volume the journal tracked: its size at least.
+      core::FileBlockDeviceOptions o;
+      o.read_only = true;
+      auto device = core::FileBlockDevice::Open(*replica, o);
+      if (!device.ok()) return ReportError(device.status().WithContext("volume " + r.volume_name));
+      if ((*device)->SizeBytes() != r.volume_size_bytes) {
+        return ReportError(Status::Aborted("volume " + target + " has " + std::to_string((*device)->SizeBytes()) +
+                                           " bytes, its journal says " + std::to_string(r.volume_size_bytes)));
+      }
+    }
     receiver::VolumeState vs;
     vs.name = r.volume_name;
     vs.size_bytes = r.volume_size_bytes;

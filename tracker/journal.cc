@@ -1278,7 +1278,7 @@ Status Journal::SeedTarget(const std::string& name, std::uint64_t epoch, const D
     State& s = *state_;
     if (s.degraded) return Status::Aborted("journal " + path_ + " is degraded: a resync is required");
     if (!s.targets.empty() || s.epoch != 0) {
-      return Status::InvalidArgument("journal " + path_ + " is not new: it has targets or cycles; cannot seed it");
+      return Status::Aborted("journal " + path_ + " is not new: it has targets or cycles; cannot seed it");
     }
     if (epoch == 0) return Status::InvalidArgument("cannot seed a journal at cycle 0");
     if (dirty.block_count() != s.block_count) {

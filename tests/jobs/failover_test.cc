@@ -4,8 +4,11 @@
 // B ships exactly the union of both sides' changes since their last common
 // cycle, and both sides end byte for byte equal. Each node is a Rig of its
 // own (state directory, replica directory).
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <set>
 
 #include "tests/jobs/replication_test_util.h"
@@ -90,6 +93,11 @@ TEST(FailoverTest, PromoteWriteDemoteAndReverseShipsOnlyTheUnionOfBothSidesChang
   RunResult stale = a.Blkrep({"run", "--id", job});
   EXPECT_EQ(stale.exit_status, 1) << Describe(stale);
   EXPECT_NE(stale.err.find("promoted"), std::string::npos) << stale.err;
+
+  // A job the journals do not know is refused, and nothing changes.
+  RunResult typo = a.Blkrep({"demote", kGuest, "--replica-dir", a.replica_dir(), "--job", "vm100-9"});
+  EXPECT_EQ(typo.exit_status, 1) << Describe(typo);
+  EXPECT_NE(typo.err.find("no replication job vm100-9"), std::string::npos) << typo.err;
 
   // A becomes the replica of the job; B reverses it.
   RunResult demoted = a.Blkrep({"demote", kGuest, "--replica-dir", a.replica_dir(), "--json"});
@@ -213,5 +221,28 @@ TEST(FailoverTest, PromoteRefusesAReplicaThatHoldsNoCompleteCycleAndDemoteRefuse
   EXPECT_EQ(usage.exit_status, 2) << Describe(usage);
 }
 
+
+// Promote checks every replica before it makes anything: a wrong-sized one
+// leaves no journal and no fence behind, and once repaired promote runs.
+TEST(FailoverTest, APromoteThatFailsLeavesNothingBehindAndCanBeRunAgain) {
+  BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
+  const std::string job = std::string(kGuest) + "-0";
+  Rig a;
+  Rig b;
+  a.AddVolume("disk0", 2 * kMiB);
+  a.AddVolume("disk1", 2 * kMiB);
+  ASSERT_TRUE(a.StartTracker());
+  ASSERT_TRUE(a.AddTarget("nodeB", {"--exec", b.ReceiveCommand()}));
+  ASSERT_TRUE(a.CreateJob(job, "nodeB"));
+  ASSERT_EQ(a.Run(job)["mode"], "full");
+  ASSERT_EQ(::truncate(b.ReplicaPath("disk1").c_str(), 3 * kMiB), 0);
+  RunResult failed = b.Blkrep({"promote", kGuest, "--replica-dir", b.replica_dir()});
+  EXPECT_EQ(failed.exit_status, 1) << Describe(failed);
+  EXPECT_FALSE(std::filesystem::exists(b.state_dir() + "/journal/" + kGuest + "/disk0.journal"));
+  EXPECT_FALSE(std::filesystem::exists(b.replica_dir() + "/" + kGuest + "/promoted"));
+  ASSERT_EQ(::truncate(b.ReplicaPath("disk1").c_str(), 2 * kMiB), 0);
+  RunResult again = b.Blkrep({"promote", kGuest, "--replica-dir", b.replica_dir()});
+  EXPECT_EQ(again.exit_status, 0) << Describe(again);
+}
 }  // namespace
 }  // namespace blkrep::jobs::test

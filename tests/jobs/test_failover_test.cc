@@ -369,6 +369,9 @@ TEST(TestFailoverTest, RecoveryPointsAreListedServedAtAnyPointAndPromotedAt) {
   EXPECT_EQ(none.exit_status, 1) << Describe(none);
   EXPECT_NE(none.err.find("no recovery point 999"), std::string::npos) << none.err;
 
+  RunResult negative = b.Blkrep({"promote", kGuest, "--replica-dir", b.replica_dir(), "--point", "-2"});
+  EXPECT_EQ(negative.exit_status, 2) << Describe(negative);
+
   // Failover to the oldest point: the replica becomes the source as it was.
   ASSERT_EQ(a.tracker().Stop(SIGTERM), std::optional<int>(0));
   RunResult promoted = b.Blkrep({"promote", kGuest, "--replica-dir", b.replica_dir(), "--point", oldest, "--json"});
@@ -377,6 +380,18 @@ TEST(TestFailoverTest, RecoveryPointsAreListedServedAtAnyPointAndPromotedAt) {
   json p = json::parse(promoted.out);
   // Rolled back: blocks 200-209 and 105-106 (3rd cycle), 300-304 (4th).
   EXPECT_EQ(p["volumes"][0]["rolled_back_blocks"], 17) << promoted.out;
+  // A running source has no recovery points: the guest writes it directly.
+  RunResult gone = b.Blkrep({"recovery-points", kGuest, "--replica-dir", b.replica_dir()});
+  EXPECT_EQ(gone.exit_status, 1) << Describe(gone);
+  EXPECT_NE(gone.err.find("promoted"), std::string::npos) << gone.err;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(b.replica_dir() + "/" + kGuest + "/.points", ec)) {
+    EXPECT_EQ(e.path().extension(), "") << "an undo file is left after promote: " << e.path();
+  }
+  RunResult tested = b.Blkrep({"test-failover", kGuest, "--replica-dir", b.replica_dir(), "--nbd-socket",
+                               b.dir().File("y.sock")});
+  EXPECT_EQ(tested.exit_status, 1) << Describe(tested);
+  EXPECT_NE(tested.err.find("promoted"), std::string::npos) << tested.err;
   Tracker tb(b.dir(), {{"disk0", b.ReplicaPath("disk0")}});
   ASSERT_TRUE(tb.Start());
   RunResult w = RunProgram(b.dir(), {qemu_io, "-f", "raw", "-c", at(400, 3, 0x55), tb.Uri("disk0")});
