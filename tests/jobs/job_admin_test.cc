@@ -534,5 +534,29 @@ TEST(JobAdminTest, DisableUpdateAndSuspendMadeDuringABareRunAreKeptAndObeyed) {
   EXPECT_EQ(Read(rig, "vm100-2")["state"], "ok");
 }
 
+// A schedule that parses but has no event left (a date in the past, a day
+// its months lack) is refused: stored, it would never replicate.
+TEST(JobAdminTest, AScheduleThatNeverRunsAgainIsRefused) {
+  Rig rig;
+  PrepareRig(rig);
+  for (const std::string spec : {"*-02-30", "2020-01-01"}) {
+    RunResult bad = rig.Blkrep({"create-local-job", "vm100-0", "T1", "--schedule", spec});
+    EXPECT_EQ(bad.exit_status, 2) << Describe(bad);
+    EXPECT_NE(bad.err.find("--schedule: schedule '" + spec + "' never runs again"), std::string::npos) << bad.err;
+  }
+  EXPECT_EQ(JsonOf(rig.Blkrep({"list", "--json"})).size(), 0u);
+  ASSERT_TRUE(rig.CreateJob("vm100-0", "T1", {"--schedule", "daily"}));
+  for (const std::string spec : {"*-02-30", "2020-01-01"}) {
+    RunResult bad = rig.Blkrep({"update", "vm100-0", "--schedule", spec});
+    EXPECT_EQ(bad.exit_status, 2) << Describe(bad);
+    EXPECT_NE(bad.err.find("--schedule: schedule '" + spec + "' never runs again"), std::string::npos) << bad.err;
+    EXPECT_EQ(Read(rig, "vm100-0")["schedule"], "daily");
+  }
+  // A date still to come is a schedule.
+  RunResult once = rig.Blkrep({"update", "vm100-0", "--schedule", "2150-06-01 03:00"});
+  ASSERT_EQ(once.exit_status, 0) << Describe(once);
+  EXPECT_TRUE(rig.Status("vm100-0")["next_sync"].is_number());
+}
+
 }  // namespace
 }  // namespace blkrep::jobs::test
