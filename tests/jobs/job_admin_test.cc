@@ -558,5 +558,20 @@ TEST(JobAdminTest, AScheduleThatNeverRunsAgainIsRefused) {
   EXPECT_TRUE(rig.Status("vm100-0")["next_sync"].is_number());
 }
 
+// `blkrep` alone: its usage names every command it knows.
+TEST(JobAdminTest, TheUsageListsEveryCommand) {
+  Rig rig;
+  RunResult usage = RunProgram(rig.dir(), {BlkrepBinary()});
+  EXPECT_EQ(usage.exit_status, 2) << Describe(usage);
+  for (const char* command :
+       {"track", "journal inspect", "journal write", "receive", "recovery-points", "target add", "target list",
+        "create-local-job", "update", "run", "status", "list", "read", "enable", "disable", "schedule-now", "delete",
+        "events", "suspend", "resume", "resync", "verify", "measure", "metrics", "test-failover", "promote", "demote",
+        "version"}) {
+    bool listed = usage.err.find(std::string("\n  ") + command + " ") != std::string::npos ||
+                  usage.err.find(std::string("| ") + command + " ") != std::string::npos;
+    EXPECT_TRUE(listed) << command << " is not in the usage:\n" << usage.err;
+  }
+}
 }  // namespace
 }  // namespace blkrep::jobs::test
