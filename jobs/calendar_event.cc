@@ -380,6 +380,8 @@ std::string FormatMask(std::uint64_t mask, int min, int max) {
 
 }  // namespace
 
+std::string QuoteSchedule(std::string_view spec) { return Quote(spec); }
+
 core::Result<CalendarEvent> CalendarEvent::Parse(std::string_view spec) {
   const Errors err(spec);
   std::vector<std::string_view> tokens;

@@ -46,6 +46,10 @@
 
 namespace blkrep::jobs {
 
+// A spec as Parse's messages quote it (printable ASCII kept, other bytes as
+// \xNN, long specs shortened), for messages of callers about a valid spec.
+std::string QuoteSchedule(std::string_view spec);
+
 class CalendarEvent {
  public:
   // Years a spec may name; the search for Next stops at the end of kMaxYear.

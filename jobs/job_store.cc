@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <functional>
 
 #include "tracker/journal_format.h"
 
@@ -327,6 +328,59 @@ Status JobStore::SaveJob(const Job& j) {
   if (s.Step() != SQLITE_DONE) return s.Error("save job " + j.id);
   if (sqlite3_changes(db_) != 1) return Status::NotFound("no job " + j.id);
   return Status::Ok();
+}
+
+Status JobStore::SaveRun(const Job& j) {
+  Stmt s(db_,
+         "UPDATE jobs SET state=?, error=?, fail_count=?, last_sync=?, last_try=?, duration_s=?, last_mode=?, "
+         "last_bytes_sent=?, last_blocks_sent=?, run_now=?, resync_at=? WHERE id=?");
+  if (!s.ok()) return s.Error("prepare");
+  s.Text(1, j.state).Text(2, j.error).Int(3, static_cast<std::int64_t>(j.fail_count)).OptInt(4, j.last_sync);
+  s.OptInt(5, j.last_try).Real(6, j.duration_s).Text(7, j.last_mode);
+  s.Int(8, static_cast<std::int64_t>(j.last_bytes_sent)).Int(9, static_cast<std::int64_t>(j.last_blocks_sent));
+  s.Int(10, j.run_now ? 1 : 0).OptInt(11, j.resync_at).Text(12, j.id);
+  if (s.Step() != SQLITE_DONE) return s.Error("save job " + j.id);
+  if (sqlite3_changes(db_) != 1) return Status::NotFound("no job " + j.id);
+  return Status::Ok();
+}
+
+namespace {
+
+// UPDATE jobs SET <column> = <bound as 1> WHERE id = <bound as 2>.
+Status SetColumn(sqlite3* db, const char* sql, const std::string& id, const std::function<void(Stmt&)>& bind) {
+  Stmt s(db, sql);
+  if (!s.ok()) return s.Error("prepare");
+  bind(s);
+  s.Text(2, id);
+  if (s.Step() != SQLITE_DONE) return s.Error("save job " + id);
+  if (sqlite3_changes(db) != 1) return Status::NotFound("no job " + id);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status JobStore::SetEnabled(const std::string& id, bool enabled) {
+  return SetColumn(db_, "UPDATE jobs SET enabled=? WHERE id=?", id, [&](Stmt& s) { s.Int(1, enabled ? 1 : 0); });
+}
+
+Status JobStore::SetRunNow(const std::string& id, bool run_now) {
+  return SetColumn(db_, "UPDATE jobs SET run_now=? WHERE id=?", id, [&](Stmt& s) { s.Int(1, run_now ? 1 : 0); });
+}
+
+Status JobStore::SetState(const std::string& id, const std::string& state) {
+  return SetColumn(db_, "UPDATE jobs SET state=? WHERE id=?", id, [&](Stmt& s) { s.Text(1, state); });
+}
+
+Status JobStore::InTransaction(const std::function<Status()>& body) {
+  BLKREP_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+  Status done = body();
+  if (!done.ok()) {
+    (void)Exec("ROLLBACK");
+    return done;
+  }
+  Status committed = Exec("COMMIT");
+  if (!committed.ok()) (void)Exec("ROLLBACK");
+  return committed;
 }
 
 Status JobStore::DeleteJob(const std::string& id) {

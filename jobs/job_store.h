@@ -4,8 +4,11 @@
 // Design note. One row per target (how to reach a receiver) and one per job
 // (GUEST-N replicating every volume of GUEST to one target). A job's state
 // columns are what `blkrep status` shows; a run updates them in one
-// transaction at its start (state syncing) and one at its end. SQLite's WAL
-// lets `status` read while a run writes. Every statement is prepared; no
+// transaction at its start (state syncing) and one at its end. Each writer
+// writes only the columns it owns (a run the run columns, `update` the
+// definition, enable/disable/schedule-now/suspend/resume their one column),
+// so commands running at the same time never undo each other's changes.
+// SQLite's WAL lets `status` read while a run writes. Every statement is prepared; no
 // text from the command line is ever spliced into SQL.
 //
 // Thread safety: one JobStore per thread; several processes may open the
@@ -13,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -94,12 +98,29 @@ class JobStore {
   core::Status CreateJob(const Job& job);
   core::Result<Job> GetJob(const std::string& id);  // kNotFound
   core::Result<std::vector<Job>> ListJobs();
-  // Writes every column of `job` (found by id).
+  // Writes every column of `job` (found by id). Only for a row read in the
+  // same transaction: any column another command changed since it was read
+  // goes back to the value read.
   core::Status SaveJob(const Job& job);
   // Writes the definition columns only (schedule, rate, comment, enabled,
   // automatic resync, recovery points): what `update` changes, leaving the
   // state columns to a run that may be going on.
   core::Status SaveDefinition(const Job& job);
+  // Writes the run columns only (state, error, fail_count, last_sync,
+  // last_try, duration_s, last_mode, last_bytes_sent, last_blocks_sent,
+  // run_now, resync_at): what a run changes, leaving the definition to an
+  // `update`, `enable` or `disable` made meanwhile. kNotFound.
+  core::Status SaveRun(const Job& job);
+  // One column each, for the verbs that change only that: enable/disable,
+  // schedule-now, suspend/resume. kNotFound.
+  core::Status SetEnabled(const std::string& id, bool enabled);
+  core::Status SetRunNow(const std::string& id, bool run_now);
+  core::Status SetState(const std::string& id, const std::string& state);
+  // Runs `body` in one write transaction (BEGIN IMMEDIATE): a read and the
+  // write that depends on it see no other command's write in between.
+  // Commits if `body` returns ok, else rolls back and returns its status.
+  // Not reentrant.
+  core::Status InTransaction(const std::function<core::Status()>& body);
   // Removes the job's row (its events stay in the history); kNotFound.
   core::Status DeleteJob(const std::string& id);
 

@@ -92,10 +92,18 @@ int SetEnabled(const std::vector<std::string>& argv, bool enable) {
   std::optional<OneJob> one = LoadOneJob(argv, usage, {}, &exit_status);
   if (!one) return exit_status;
   jobs::Job& job = one->job;
-  if (job.enabled == enable) return kExitOk;
-  job.enabled = enable;
-  Status saved = one->store->SaveJob(job);
+  // The enabled column only, decided on the row as it is now: a run going on
+  // keeps the state it writes, an `update` the definition.
+  bool changed = false;
+  Status saved = one->store->InTransaction([&]() -> Status {
+    BLKREP_ASSIGN_OR_RETURN(job, one->store->GetJob(job.id));
+    if (job.enabled == enable) return Status::Ok();
+    changed = true;
+    job.enabled = enable;
+    return one->store->SetEnabled(job.id, enable);
+  });
   if (!saved.ok()) return ReportError(saved);
+  if (!changed) return kExitOk;
   core::JsonWriter d;
   d.BeginObject().Key("enabled").Bool(enable).EndObject();
   AddEventOrWarn(*one->store, MakeEvent(job, enable ? "job-enabled" : "job-disabled",
@@ -237,10 +245,17 @@ int ScheduleNowCommand(const std::vector<std::string>& argv) {
   std::optional<OneJob> one = LoadOneJob(argv, "usage: blkrep schedule-now JOBID", {}, &exit_status);
   if (!one) return exit_status;
   jobs::Job& job = one->job;
-  if (job.run_now) return kExitOk;
-  job.run_now = true;
-  Status saved = one->store->SaveJob(job);
+  // The run_now column only, decided on the row as it is now (see SetEnabled).
+  bool changed = false;
+  Status saved = one->store->InTransaction([&]() -> Status {
+    BLKREP_ASSIGN_OR_RETURN(job, one->store->GetJob(job.id));
+    if (job.run_now) return Status::Ok();
+    changed = true;
+    job.run_now = true;
+    return one->store->SetRunNow(job.id, true);
+  });
   if (!saved.ok()) return ReportError(saved);
+  if (!changed) return kExitOk;
   AddEventOrWarn(*one->store, MakeEvent(job, "job-scheduled-now", "the next run runs the job now", "{}"));
   if (!job.enabled || job.state == "suspended") {
     std::fprintf(stderr, "blkrep: warning: job %s is %s: no run picks it until %s\n", job.id.c_str(),

@@ -107,17 +107,54 @@ void RecordEvents(jobs::JobStore& store, const jobs::Job& job, const std::string
   for (const auto& ev : events) AddEventOrWarn(store, ev);
 }
 
-// Runs one job now and records the outcome in the store and in `report`.
-Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir, bool verbose,
-              const shipper::ShipOptions& ship, core::JsonWriter& report, bool force_resync = false) {
-  // Two runs of one job never overlap.
-  BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<core::FileLock> running, LockJobRun(state_dir, job.id));
+// Whether a bare `run` picks the job at `now`: enabled, not suspended, and
+// due (schedule-now, else never tried or its next sync reached; a job
+// waiting for a resync it may not run now is not due).
+bool DueForBareRun(const jobs::Job& j, std::int64_t now) {
+  if (!j.enabled || j.state == "suspended") return false;
+  if (j.run_now) return true;  // schedule-now: whatever its schedule and back-off say
+  if (j.state == "resync-required" && !ResyncAllowed(j, now)) return false;
+  std::optional<std::int64_t> next = NextSync(j);
+  return !j.last_try || (next && *next <= now);
+}
 
-  BLKREP_ASSIGN_OR_RETURN(jobs::Target target, store.GetTarget(job.target));
-  std::string previous_state = job.state;
-  job.state = "syncing";
-  job.last_try = Now();
-  BLKREP_RETURN_IF_ERROR(store.SaveJob(job));
+// Runs job `id` now and records the outcome in the store and in `report`.
+// The job's row is read again under its run lock, so a run acts on the
+// definition and state as they are when it starts, not as they were when
+// the jobs were listed: with `only_if_due` (a bare run) a job no longer due
+// (disabled, suspended or run by another `run` meanwhile) is skipped, ok and
+// nothing added to `report`; a suspended job never runs (kAborted). The run
+// writes only the run columns (JobStore::SaveRun).
+Status RunJob(jobs::JobStore& store, const std::string& id, const std::string& state_dir, bool verbose,
+              const shipper::ShipOptions& ship, core::JsonWriter& report, bool only_if_due,
+              bool force_resync = false) {
+  // Two runs of one job never overlap.
+  BLKREP_ASSIGN_OR_RETURN(std::unique_ptr<core::FileLock> running, LockJobRun(state_dir, id));
+
+  jobs::Job job;
+  jobs::Target target;
+  std::string previous_state;
+  bool skipped = false;
+  BLKREP_RETURN_IF_ERROR(store.InTransaction([&]() -> Status {
+    BLKREP_ASSIGN_OR_RETURN(job, store.GetJob(id));
+    if (only_if_due && !DueForBareRun(job, Now())) {
+      skipped = true;
+      return Status::Ok();
+    }
+    if (job.state == "suspended") return Status::Aborted("job " + id + " is suspended (blkrep resume " + id + ")");
+    BLKREP_ASSIGN_OR_RETURN(target, store.GetTarget(job.target));
+    previous_state = job.state;
+    job.state = "syncing";
+    job.last_try = Now();
+    return store.SaveRun(job);
+  }));
+  if (skipped) {
+    if (verbose) {
+      std::fprintf(stderr, "blkrep: %s: not due any more (disabled, suspended or run meanwhile); skipped\n",
+                   id.c_str());
+    }
+    return Status::Ok();
+  }
 
   jobs::CycleRequest request;
   request.state_dir = state_dir;
@@ -168,31 +205,35 @@ Status RunJob(jobs::JobStore& store, jobs::Job job, const std::string& state_dir
     job.error = ran.status().ToString();
     ++job.fail_count;
   }
-  // Only the run's columns: the definition may have been edited meanwhile.
-  Result<jobs::Job> fresh = store.GetJob(job.id);
-  if (fresh.ok()) {
-    jobs::Job current = *fresh;
-    // Suspended while it ran: it stays suspended.
-    if (current.state != "suspended") current.state = job.state;
-    current.error = job.error;
-    current.fail_count = job.fail_count;
-    current.last_sync = job.last_sync;
-    current.last_try = job.last_try;
-    current.duration_s = job.duration_s;
-    current.last_mode = job.last_mode;
-    current.last_bytes_sent = job.last_bytes_sent;
-    current.last_blocks_sent = job.last_blocks_sent;
-    // pvesr's schedule-now is used up by any run, successful or not.
-    current.run_now = false;
-    // A resync done clears a `resync --at` that was due when it began, not
-    // one given while it ran.
-    if (ran.ok() && ran->mode == "resync" && !ran->resync_deferred && current.resync_at &&
-        *current.resync_at <= *job.last_try) {
-      current.resync_at.reset();
+  // Only the run's columns: the definition may have been edited meanwhile,
+  // and the job suspended or scheduled by hand.
+  Status saved = store.InTransaction([&]() -> Status {
+    Result<jobs::Job> fresh = store.GetJob(job.id);
+    if (fresh.ok()) {
+      jobs::Job current = *fresh;
+      // Suspended while it ran: it stays suspended.
+      if (current.state != "suspended") current.state = job.state;
+      current.error = job.error;
+      current.fail_count = job.fail_count;
+      current.last_sync = job.last_sync;
+      current.last_try = job.last_try;
+      current.duration_s = job.duration_s;
+      current.last_mode = job.last_mode;
+      current.last_bytes_sent = job.last_bytes_sent;
+      current.last_blocks_sent = job.last_blocks_sent;
+      // pvesr's schedule-now is used up by any run, successful or not.
+      current.run_now = false;
+      // A resync done clears a `resync --at` that was due when it began, not
+      // one given while it ran.
+      if (ran.ok() && ran->mode == "resync" && !ran->resync_deferred && current.resync_at &&
+          *current.resync_at <= *job.last_try) {
+        current.resync_at.reset();
+      }
+      job = current;
     }
-    job = current;
-  }
-  BLKREP_RETURN_IF_ERROR(store.SaveJob(job));
+    return store.SaveRun(job);
+  });
+  BLKREP_RETURN_IF_ERROR(saved);
   RecordEvents(store, job, previous_state, ran, resync_started, stats);
   report.BeginObject().Key("id").String(job.id).Key("state").String(job.state).Key("error");
   if (job.error.empty()) report.Null();
@@ -354,7 +395,8 @@ int RunCommand(const std::vector<std::string>& argv) {
   KeepLargeBuffersOnTheHeap();  // batches and frames of megabytes
   auto store = OpenStore(*args);
   if (!store.ok()) return ReportError(store.status());
-  std::vector<jobs::Job> to_run;
+  std::vector<std::string> to_run;  // job ids
+  const bool bare = !args->Value("id");
   if (auto id = args->Value("id")) {
     Status valid = jobs::ValidateJobId(*id, nullptr);
     if (!valid.ok()) return ReportError(valid);
@@ -363,21 +405,13 @@ int RunCommand(const std::vector<std::string>& argv) {
     if (job->state == "suspended") {
       return ReportError(Status::Aborted("job " + *id + " is suspended (blkrep resume " + *id + ")"));
     }
-    to_run.push_back(*job);
+    to_run.push_back(job->id);
   } else {
     auto all = (*store)->ListJobs();
     if (!all.ok()) return ReportError(all.status());
     std::int64_t now = Now();
     for (const auto& j : *all) {
-      auto next = NextSync(j);
-      // schedule-now: due whatever its schedule and back-off say.
-      if (j.enabled && j.state != "suspended" && j.run_now) {
-        to_run.push_back(j);
-        continue;
-      }
-      // A job waiting for a resync it may not run now is not due.
-      if (j.state == "resync-required" && !ResyncAllowed(j, now)) continue;
-      if (j.enabled && j.state != "suspended" && (!j.last_try || (next && *next <= now))) to_run.push_back(j);
+      if (DueForBareRun(j, now)) to_run.push_back(j.id);
     }
   }
   shipper::ShipOptions ship;
@@ -387,9 +421,11 @@ int RunCommand(const std::vector<std::string>& argv) {
   core::JsonWriter report(core::JsonStyle::kPretty);
   report.BeginArray();
   InstallCancelHandlers();
-  for (const auto& j : to_run) {
+  for (const auto& id : to_run) {
     if (g_cancel.load()) break;
-    Status ran = RunJob(**store, j, state_dir, args->Flag("verbose"), ship, report);
+    // Checked again under the job's run lock: the list is as old as the
+    // runs before this one took.
+    Status ran = RunJob(**store, id, state_dir, args->Flag("verbose"), ship, report, /*only_if_due=*/bare);
     if (!ran.ok()) {
       ReportError(ran);
       status = kExitFailed;  // CONTRACT.md: 1 if a job it ran failed
@@ -523,7 +559,8 @@ int RunResyncNow(jobs::JobStore& store, jobs::Job job, const std::string& state_
   shipper::ShipOptions ship;
   Status tuned = ParseShipOptions(args, ship);
   if (!tuned.ok()) return ReportError(tuned);
-  Status ran = RunJob(store, job, state_dir, args.Flag("verbose"), ship, report, /*force_resync=*/true);
+  Status ran = RunJob(store, job.id, state_dir, args.Flag("verbose"), ship, report, /*only_if_due=*/false,
+                      /*force_resync=*/true);
   report.EndArray();
   if (args.Flag("json")) std::printf("%s\n", report.str().c_str());
   return ran.ok() ? kExitOk : ReportError(ran);
@@ -543,21 +580,27 @@ int SetJobState(const std::vector<std::string>& argv, const char* usage, bool su
   }
   auto store = OpenStore(*args);
   if (!store.ok()) return ReportError(store.status());
-  auto job = (*store)->GetJob(id);
-  if (!job.ok()) return ReportError(job.status());
-  std::string before = job->state;
-  if (suspend) {
-    job->state = "suspended";
-  } else if (before == "suspended") {
-    job->state = job->error.empty() ? "ok" : "error";
-  }
-  if (job->state != before) {
-    Status saved = (*store)->SaveJob(*job);
-    if (!saved.ok()) return ReportError(saved);
+  // The state column only, decided on the row as it is now: a run or an
+  // `update` going on meanwhile keeps what it writes.
+  jobs::Job job;
+  std::string before;
+  Status set = (*store)->InTransaction([&]() -> Status {
+    BLKREP_ASSIGN_OR_RETURN(job, (*store)->GetJob(id));
+    before = job.state;
+    if (suspend) {
+      job.state = "suspended";
+    } else if (before == "suspended") {
+      job.state = job.error.empty() ? "ok" : "error";
+    }
+    if (job.state == before) return Status::Ok();
+    return (*store)->SetState(id, job.state);
+  });
+  if (!set.ok()) return ReportError(set);
+  if (job.state != before) {
     core::JsonWriter d;
-    d.BeginObject().Key("from").String(before).Key("to").String(job->state).EndObject();
-    AddEventOrWarn(**store, MakeEvent(*job, "state-changed",
-                                      before + " -> " + job->state +
+    d.BeginObject().Key("from").String(before).Key("to").String(job.state).EndObject();
+    AddEventOrWarn(**store, MakeEvent(job, "state-changed",
+                                      before + " -> " + job.state +
                                           (suspend ? " (suspended by hand)" : " (resumed by hand)"),
                                       d.str()));
   }
@@ -565,7 +608,7 @@ int SetJobState(const std::vector<std::string>& argv, const char* usage, bool su
   // Hyper-V's Resume-VMReplication -Resynchronize: the resync now. One that
   // was cut off continues: the receiver offers what it staged, and only
   // blocks not staged with the same content are sent.
-  return RunResyncNow(**store, *job, StateDir(*args), *args);
+  return RunResyncNow(**store, job, StateDir(*args), *args);
 }
 
 }  // namespace
@@ -613,10 +656,16 @@ int ResyncCommand(const std::vector<std::string>& argv) {
   if (args->Flag("now")) return RunResyncNow(**store, *job, StateDir(*args), *args);
   Status marked = jobs::RequireResync(StateDir(*args), job->guest, id, "requested by hand");
   if (!marked.ok()) return ReportError(marked.WithContext("job " + id));
-  std::string before = job->state;
-  job->state = "resync-required";
-  job->resync_at = at;
-  Status saved = (*store)->SaveJob(*job);
+  // The run columns only, of the row as it is now: an `update` or `disable`
+  // made meanwhile stays.
+  std::string before;
+  Status saved = (*store)->InTransaction([&]() -> Status {
+    BLKREP_ASSIGN_OR_RETURN(*job, (*store)->GetJob(id));
+    before = job->state;
+    job->state = "resync-required";
+    job->resync_at = at;
+    return (*store)->SaveRun(*job);
+  });
   if (!saved.ok()) return ReportError(saved);
   core::JsonWriter d;
   d.BeginObject().Key("from").String(before).Key("to").String(job->state).Key("at");

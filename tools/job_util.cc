@@ -163,6 +163,11 @@ Status ParseDefinitionOptions(const Args& args, jobs::Job& job) {
   if (auto s = args.Value("schedule")) {
     auto parsed = jobs::CalendarEvent::Parse(*s);
     if (!parsed.ok()) return parsed.status().WithContext("--schedule");
+    // A spec with no event left (a date in the past, a day its months lack)
+    // would be stored and the job never replicate.
+    if (!parsed->Next(Now())) {
+      return Status::InvalidArgument("--schedule: schedule '" + jobs::QuoteSchedule(*s) + "' never runs again");
+    }
     job.schedule = *s;
   }
   if (auto r = args.Value("rate")) BLKREP_RETURN_IF_ERROR(ParseRate(*r, &job.rate_mbps));

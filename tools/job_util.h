@@ -53,7 +53,7 @@ void AddEventOrWarn(jobs::JobStore& store, const jobs::Event& e);
 core::Status ParseShipOptions(const Args& args, shipper::ShipOptions& ship);
 // The definition options of create-local-job and update into `job`:
 // --schedule (a calendar event, validated: kInvalidArgument naming what is
-// wrong), --rate, --comment, --recovery-points (0 to 24), --auto-resync,
+// wrong, or that it never runs again), --rate, --comment, --recovery-points (0 to 24), --auto-resync,
 // --resync-window.
 core::Status ParseDefinitionOptions(const Args& args, jobs::Job& job);
 // --auto-resync on|off and --resync-window HH:MM-HH:MM|any into `job`.

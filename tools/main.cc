@@ -43,6 +43,10 @@ constexpr const char* kUsage =
     "  metrics [--output FILE]            Prometheus text format (node_exporter's textfile collector)\n"
     "  test-failover GUEST --replica-dir DIR --nbd-socket PATH [--nbd-listen HOST:PORT] [--point ID]\n"
     "                [--overlay-dir DIR]  serve the replicas writable over NBD, writes discarded at exit\n"
+    "  promote GUEST --replica-dir DIR [--point ID] [--json]\n"
+    "                                     failover: the replicas become a tracked source on this node\n"
+    "  demote GUEST --replica-dir DIR [--job JOBID] [--json]\n"
+    "                                     the way back: the old source's volumes become the replica\n"
     "  version                            print the version\n"
     "\n"
     "common options: --state-dir DIR (default $BLKREP_STATE_DIR or /var/lib/blkrep)\n";

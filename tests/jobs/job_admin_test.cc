@@ -10,6 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <random>
+#include <thread>
+
 #include "tests/jobs/replication_test_util.h"
 
 namespace blkrep::jobs::test {
@@ -437,6 +440,138 @@ TEST(JobAdminTest, SchedulesAreValidatedAndTheNextSyncIsTheirNextLocalEvent) {
   EXPECT_EQ(st["next_sync"].get<std::int64_t>(), ((last + offset) / 1200 + 1) * 1200 - offset) << st.dump();
   if (old_tz) ::setenv("TZ", saved.c_str(), 1);
   else ::unsetenv("TZ");
+}
+
+// `bytes` of incompressible, nonzero content at the start of `path`, behind
+// blkrep's back: a full cycle of it sends every byte.
+void FillIncompressible(const std::string& path, std::uint64_t bytes, std::uint64_t seed) {
+  std::mt19937_64 random(seed);
+  std::vector<std::uint8_t> data(bytes);
+  for (auto& b : data) b = static_cast<std::uint8_t>(random() | 1);
+  WriteAt(path, 0, data);
+}
+
+// Polls `status` until job `id` is in `state`; false after 30 s.
+bool WaitForState(Rig& rig, const std::string& id, const std::string& state) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (rig.Status(id)["state"] == state) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+// A bare `run` lists the due jobs once, then runs them one after the other:
+// what an operator does to a job while an earlier one runs (disable,
+// update, suspend) is kept, and a job no longer due is not run.
+TEST(JobAdminTest, DisableUpdateAndSuspendMadeDuringABareRunAreKeptAndObeyed) {
+  Rig rig;
+  rig.AddVolume("d0", 3 * kMiB);
+  FillIncompressible(rig.volumes()[0].path, 3 * kMiB, 5);
+  JournalWrite(rig, "d0", 0, 4 << 10, 1);
+  ASSERT_TRUE(rig.AddLocalTarget("T1"));
+  std::vector<std::string> replica_dirs;
+  for (const char* name : {"T2", "T3"}) {
+    replica_dirs.push_back(rig.dir().File(std::string("replicas-") + name));
+    ASSERT_EQ(::mkdir(replica_dirs.back().c_str(), 0700), 0);
+    ASSERT_TRUE(rig.AddTarget(name, {"--exec", ShellQuote(BlkrepBinary()) + " receive --stdio --replica-dir " +
+                                                   ShellQuote(replica_dirs.back())}));
+  }
+  // vm100-0 runs first (3 MB at 1 MB/s, about 3 s); the others, never run,
+  // are due at once.
+  ASSERT_TRUE(rig.CreateJob("vm100-0", "T1", {"--rate", "1"}));
+  ASSERT_TRUE(rig.CreateJob("vm100-1", "T2"));
+  ASSERT_TRUE(rig.CreateJob("vm100-2", "T3"));
+
+  Process run;
+  ASSERT_TRUE(run.Start({BlkrepBinary(), "run", "--json", "--zstd-level", "0", "--state-dir", rig.state_dir()},
+                        rig.dir().File("run.out"), rig.dir().File("run.err")));
+  ASSERT_TRUE(WaitForState(rig, "vm100-0", "syncing")) << run.err();
+  RunResult r = rig.Blkrep({"disable", "vm100-1"});
+  EXPECT_EQ(r.exit_status, 0) << Describe(r);
+  r = rig.Blkrep({"update", "vm100-1", "--rate", "7", "--comment", "edited during the run"});
+  EXPECT_EQ(r.exit_status, 0) << Describe(r);
+  r = rig.Blkrep({"suspend", "vm100-2"});
+  EXPECT_EQ(r.exit_status, 0) << Describe(r);
+  r = rig.Blkrep({"update", "vm100-0", "--comment", "edited while it ran"});
+  EXPECT_EQ(r.exit_status, 0) << Describe(r);
+  ASSERT_EQ(rig.Status("vm100-0")["state"], "syncing") << "the first cycle ended before the edits; make it slower";
+
+  std::optional<int> exit_status = run.Wait(std::chrono::seconds(120));
+  ASSERT_TRUE(exit_status.has_value());
+  EXPECT_EQ(*exit_status, 0) << run.err();
+  json report = json::parse(run.out(), nullptr, false);
+  ASSERT_TRUE(report.is_array()) << run.out();
+  ASSERT_EQ(report.size(), 1u) << "only vm100-0 may have run: " << report;
+  EXPECT_EQ(report[0]["id"], "vm100-0");
+
+  json j0 = Read(rig, "vm100-0");
+  EXPECT_EQ(j0["state"], "ok");
+  EXPECT_TRUE(j0["last_sync"].is_number()) << j0;
+  EXPECT_EQ(j0["comment"], "edited while it ran");
+  EXPECT_EQ(j0["rate"], 1.0);
+  json j1 = Read(rig, "vm100-1");
+  EXPECT_EQ(j1["enabled"], false) << j1;
+  EXPECT_EQ(j1["rate"], 7.0);
+  EXPECT_EQ(j1["comment"], "edited during the run");
+  EXPECT_TRUE(j1["last_try"].is_null()) << "the disabled job ran: " << j1;
+  json j2 = Read(rig, "vm100-2");
+  EXPECT_EQ(j2["state"], "suspended") << j2;
+  EXPECT_TRUE(j2["last_try"].is_null()) << "the suspended job ran: " << j2;
+  EXPECT_EQ(EventKinds(rig, "vm100-1"), (std::vector<std::string>{"job-disabled"}));
+  EXPECT_EQ(EventKinds(rig, "vm100-2"), (std::vector<std::string>{"state-changed"}));
+  for (const auto& dir : replica_dirs) EXPECT_FALSE(Exists(dir + "/" + kGuest)) << dir;
+  rig.ExpectReplicasEqualSources();
+
+  // Once enabled and resumed they run, with the definition as edited.
+  ASSERT_EQ(rig.Blkrep({"enable", "vm100-1"}).exit_status, 0);
+  ASSERT_EQ(rig.Blkrep({"resume", "vm100-2"}).exit_status, 0);
+  r = rig.Blkrep({"run", "--json"});
+  ASSERT_EQ(r.exit_status, 0) << Describe(r);
+  EXPECT_EQ(json::parse(r.out, nullptr, false).size(), 2u) << r.out;
+  EXPECT_EQ(Read(rig, "vm100-1")["state"], "ok");
+  EXPECT_EQ(Read(rig, "vm100-1")["rate"], 7.0);
+  EXPECT_EQ(Read(rig, "vm100-2")["state"], "ok");
+}
+
+// A schedule that parses but has no event left (a date in the past, a day
+// its months lack) is refused: stored, it would never replicate.
+TEST(JobAdminTest, AScheduleThatNeverRunsAgainIsRefused) {
+  Rig rig;
+  PrepareRig(rig);
+  for (const std::string spec : {"*-02-30", "2020-01-01"}) {
+    RunResult bad = rig.Blkrep({"create-local-job", "vm100-0", "T1", "--schedule", spec});
+    EXPECT_EQ(bad.exit_status, 2) << Describe(bad);
+    EXPECT_NE(bad.err.find("--schedule: schedule '" + spec + "' never runs again"), std::string::npos) << bad.err;
+  }
+  EXPECT_EQ(JsonOf(rig.Blkrep({"list", "--json"})).size(), 0u);
+  ASSERT_TRUE(rig.CreateJob("vm100-0", "T1", {"--schedule", "daily"}));
+  for (const std::string spec : {"*-02-30", "2020-01-01"}) {
+    RunResult bad = rig.Blkrep({"update", "vm100-0", "--schedule", spec});
+    EXPECT_EQ(bad.exit_status, 2) << Describe(bad);
+    EXPECT_NE(bad.err.find("--schedule: schedule '" + spec + "' never runs again"), std::string::npos) << bad.err;
+    EXPECT_EQ(Read(rig, "vm100-0")["schedule"], "daily");
+  }
+  // A date still to come is a schedule.
+  RunResult once = rig.Blkrep({"update", "vm100-0", "--schedule", "2150-06-01 03:00"});
+  ASSERT_EQ(once.exit_status, 0) << Describe(once);
+  EXPECT_TRUE(rig.Status("vm100-0")["next_sync"].is_number());
+}
+
+// `blkrep` alone: its usage names every command it knows.
+TEST(JobAdminTest, TheUsageListsEveryCommand) {
+  Rig rig;
+  RunResult usage = RunProgram(rig.dir(), {BlkrepBinary()});
+  EXPECT_EQ(usage.exit_status, 2) << Describe(usage);
+  for (const char* command :
+       {"track", "journal inspect", "journal write", "receive", "recovery-points", "target add", "target list",
+        "create-local-job", "update", "run", "status", "list", "read", "enable", "disable", "schedule-now", "delete",
+        "events", "suspend", "resume", "resync", "verify", "measure", "metrics", "test-failover", "promote", "demote",
+        "version"}) {
+    bool listed = usage.err.find(std::string("\n  ") + command + " ") != std::string::npos ||
+                  usage.err.find(std::string("| ") + command + " ") != std::string::npos;
+    EXPECT_TRUE(listed) << command << " is not in the usage:\n" << usage.err;
+  }
 }
 }  // namespace
 }  // namespace blkrep::jobs::test
