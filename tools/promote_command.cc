@@ -483,7 +483,7 @@ int DemoteCommand(const std::vector<std::string>& argv) {
     for (jobs::Job j : *all) {
       if (j.guest != guest || !j.enabled) continue;
       j.enabled = false;
-      Status saved = (*store)->SaveJob(j);
+      Status saved = (*store)->SetEnabled(j.id, false);
       if (!saved.ok()) {
         std::fprintf(stderr, "blkrep: warning: %s\n", saved.ToString().c_str());
         continue;
