@@ -1,0 +1,80 @@
+// Write traces: what a guest wrote, when and where — never the data.
+//
+// Design note. `blkrep track --trace FILE` records every write, trim and
+// write-zeroes the NBD server accepts (volume, offset, length, kind, time
+// since the trace began) so a production churn can be replayed elsewhere
+// (`blkrep bench --replay FILE`) on other hardware and other settings. The
+// file is append-only: a header naming the volumes, then fixed-size records
+// in batches, each batch checksummed, so a trace cut short by a crash is
+// still readable up to its last complete batch. docs/trace-format.md is the
+// specification of its bytes.
+//
+// Thread safety: TraceWriter::Record may be called from any thread;
+// ReadTrace is a pure function of the file.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace blkrep::tracker {
+
+enum class TraceOp : std::uint8_t { kWrite = 1, kTrim = 2, kWriteZeroes = 3 };
+
+struct TraceVolume {
+  std::string name;             // the export name, as `track NAME=VOLUME`
+  std::uint64_t size_bytes = 0;
+};
+
+struct TraceRecord {
+  std::uint64_t time_ns = 0;    // since the trace began; never decreasing in a file
+  std::uint64_t offset_bytes = 0;
+  std::uint32_t length_bytes = 0;  // >= 1; offset + length <= the volume's size
+  std::uint16_t volume = 0;     // index into Trace::volumes
+  TraceOp op = TraceOp::kWrite;
+};
+
+struct Trace {
+  std::vector<TraceVolume> volumes;  // 1 .. 64
+  std::uint64_t started_unix_ns = 0;  // wall clock when the trace began (informational)
+  std::vector<TraceRecord> records;
+  // Set when the file ended in a torn batch (a crash while recording): what
+  // was dropped. Not an error.
+  std::string torn_tail;
+};
+
+// The one gate for a trace's bytes: kCorruption naming the field ("trace:
+// record 17: offset ... past the end of volume disk0") on anything a
+// TraceWriter could not have written, except a torn last batch.
+core::Result<Trace> DecodeTrace(std::span<const std::byte> bytes);
+// Reads and decodes FILE (kNotFound if missing); refuses files over 4 GiB.
+core::Result<Trace> ReadTrace(const std::string& path);
+
+class TraceWriter {
+ public:
+  // Creates (truncating) `path` and writes its header.
+  static core::Result<std::unique_ptr<TraceWriter>> Create(const std::string& path,
+                                                           std::vector<TraceVolume> volumes);
+  ~TraceWriter();  // flushes, best effort
+  TraceWriter(const TraceWriter&) = delete;
+  TraceWriter& operator=(const TraceWriter&) = delete;
+
+  // Records one request; cheap (appends to a buffer; a full buffer is
+  // written as one batch). Never fails the guest's I/O: a write error stops
+  // the trace and is reported by Close.
+  void Record(std::uint16_t volume, TraceOp op, std::uint64_t offset_bytes, std::uint32_t length_bytes);
+  // Writes the last batch and fsyncs the file.
+  core::Status Close();
+
+  struct Impl;  // defined in the .cc
+
+ private:
+  explicit TraceWriter(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace blkrep::tracker
