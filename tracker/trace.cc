@@ -96,7 +96,7 @@ std::string RecordProblem(const TraceRecord& r, const std::vector<TraceVolume>& 
   }
   if (r.volume >= volumes.size()) {
     return "volume index " + std::to_string(r.volume) + " (the header names " + std::to_string(volumes.size()) +
-           ")";
+           " volumes)";
   }
   const TraceVolume& v = volumes[r.volume];
   if (r.length_bytes == 0) return "length 0";
