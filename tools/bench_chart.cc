@@ -30,7 +30,7 @@ std::string Escape(const std::string& text) {
 
 std::string Num(double v) {
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.6g", v);
+  std::snprintf(buf, sizeof buf, "%.15g", v);
   return buf;
 }
 

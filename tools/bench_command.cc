@@ -1551,8 +1551,12 @@ Result<std::string> SelfPath() {
 }  // namespace
 
 int BenchCommand(const std::vector<std::string>& argv) {
+  if (argv.size() == 1 && (argv[0] == "--help" || argv[0] == "-h")) {
+    std::printf("%s\n", kUsage);
+    return kExitOk;
+  }
   auto options = ParseOptions(argv);
-  if (!options.ok()) return ReportError(options.status().WithContext(kUsage));
+  if (!options.ok()) return ReportError(options.status().WithContext("bench (blkrep bench --help)"));
   auto self = SelfPath();
   if (!self.ok()) return ReportError(self.status());
   if (!options->svg.empty()) {
