@@ -596,7 +596,7 @@ class Bench {
   Status MeasureOverhead();
   Status Overhead(const std::string& side, Peer* out);
   // Writes through `sink` until `goal` says stop or --duration passes.
-  Status ApplyWorkload(bench::WriteSink& sink, bench::WorkloadGenerator& gen, std::uint64_t volume_bytes,
+  Status ApplyWorkload(bench::WriteSink& sink, bench::WorkloadGenerator& gen,
                        const std::function<bool(const bench::Write&)>& add_and_done, double cap_s,
                        WriteStats* stats);
   Status SetUpJob();
@@ -624,6 +624,7 @@ class Bench {
   // Results.
   Peer direct_, blkrep_, qemu_;
   std::uint64_t overhead_goal_bytes_ = 0;
+  std::uint64_t overhead_file_bytes_ = 0;
   CycleReport full_;
   Peer cp_;
   std::vector<IncrementalRow> incremental_;
@@ -664,8 +665,10 @@ Status MakeFile(const std::string& path, std::uint64_t size, bool allocate) {
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return core::ErrnoStatus(errno, "create " + path);
   int rc = ::ftruncate(fd, static_cast<off_t>(size));
-  if (rc == 0 && allocate) rc = ::posix_fallocate(fd, 0, static_cast<off_t>(size)) == 0 ? 0 : 0;  // best effort
   int err = errno;
+  // Allocated like `qemu-img create -o preallocation=falloc`; best effort
+  // (a file system without fallocate serves sparse files).
+  if (rc == 0 && allocate) (void)::posix_fallocate(fd, 0, static_cast<off_t>(size));
   ::close(fd);
   if (rc != 0) return core::ErrnoStatus(err, "size " + path);
   return Status::Ok();
@@ -743,10 +746,9 @@ Status Bench::PrepareVolume() {
   return Status::Ok();
 }
 
-Status Bench::ApplyWorkload(bench::WriteSink& sink, bench::WorkloadGenerator& gen, std::uint64_t volume_bytes,
+Status Bench::ApplyWorkload(bench::WriteSink& sink, bench::WorkloadGenerator& gen,
                             const std::function<bool(const bench::Write&)>& add_and_done, double cap_s,
                             WriteStats* stats) {
-  (void)volume_bytes;
   const double t0 = Now();
   while (true) {
     BLKREP_RETURN_IF_ERROR(CheckInterrupted());
@@ -771,7 +773,7 @@ Status Bench::ApplyWorkload(bench::WriteSink& sink, bench::WorkloadGenerator& ge
 Status Bench::Overhead(const std::string& side, Peer* out) {
   const std::string file = work_ + "/overhead-" + side + ".img";
   const std::string socket = work_ + "/overhead-" + side + ".sock";
-  BLKREP_RETURN_IF_ERROR(MakeFile(file, volume_bytes_, true));
+  BLKREP_RETURN_IF_ERROR(MakeFile(file, overhead_file_bytes_, true));
   pid_t server = 0;
   std::unique_ptr<bench::WriteSink> sink;
   if (side == "direct") {
@@ -786,11 +788,11 @@ Status Bench::Overhead(const std::string& side, Peer* out) {
     BLKREP_RETURN_IF_ERROR(WaitForSocket(server, socket, "overhead-qemu-nbd"));
     BLKREP_ASSIGN_OR_RETURN(sink, bench::ConnectNbdSink(socket, "disk0", kQueueDepth, MaxWrite()));
   }
-  bench::WorkloadGenerator gen(Workload(volume_bytes_), 1);
+  bench::WorkloadGenerator gen(Workload(overhead_file_bytes_), 1);
   std::uint64_t written = 0;
   progress_.Phase("tracker overhead: " + side);
   Status applied = ApplyWorkload(
-      *sink, gen, volume_bytes_,
+      *sink, gen,
       [&](const bench::Write& w) {
         written += w.length_bytes;
         progress_.Percent(static_cast<double>(written) / static_cast<double>(overhead_goal_bytes_));
@@ -808,7 +810,10 @@ Status Bench::Overhead(const std::string& side, Peer* out) {
 }
 
 Status Bench::MeasureOverhead() {
-  overhead_goal_bytes_ = std::min<std::uint64_t>(volume_bytes_, 256u << 20);
+  // Fresh files of the volume's size (at most 4 GiB: a large --volume must
+  // not triple the scratch space), the same for the three sides.
+  overhead_file_bytes_ = std::min<std::uint64_t>(volume_bytes_, std::uint64_t{4} << 30);
+  overhead_goal_bytes_ = std::min<std::uint64_t>(overhead_file_bytes_, 256u << 20);
   BLKREP_RETURN_IF_ERROR(Overhead("direct", &direct_));
   BLKREP_RETURN_IF_ERROR(Overhead("blkrep", &blkrep_));
   if (o_.no_peers) {
@@ -1001,7 +1006,7 @@ Status Bench::Incremental(std::size_t i) {
   {
     BLKREP_ASSIGN_OR_RETURN(auto sink, bench::ConnectNbdSink(socket_, "disk0", kQueueDepth, MaxWrite()));
     BLKREP_RETURN_IF_ERROR(ApplyWorkload(
-        *sink, gen, volume_bytes_,
+        *sink, gen,
         [&](const bench::Write& w) {
           set.Add(w.offset_bytes, w.length_bytes);
           progress_.Percent(static_cast<double>(set.count()) / static_cast<double>(row.target_blocks));
@@ -1335,7 +1340,7 @@ std::string Bench::Json() const {
     w.EndObject();
   } else {
     w.Key("overhead").BeginObject();
-    w.Key("goal_bytes").Uint(overhead_goal_bytes_);
+    w.Key("goal_bytes").Uint(overhead_goal_bytes_).Key("file_bytes").Uint(overhead_file_bytes_);
     for (auto [key, p] : {std::pair<const char*, const Peer*>{"direct", &direct_}, {"blkrep", &blkrep_},
                           {"qemu_nbd", &qemu_}}) {
       w.Key(key).BeginObject();

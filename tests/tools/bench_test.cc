@@ -279,6 +279,31 @@ TEST(BenchTest, SameSeedWritesTheSameBlocks) {
   EXPECT_NE(a[1], c[1]);
 }
 
+// --volume without --allow-writes: the bench runs on a copy; the volume's
+// bytes (and its zero blocks, sent as such in the full sync) are as before.
+TEST(BenchTest, AGivenVolumeIsOnlyReadWithoutAllowWrites) {
+  TempDir dir;
+  std::filesystem::create_directory(dir.path() + "/scratch");
+  const std::string volume = dir.path() + "/given.img";
+  {
+    std::ofstream out(volume, std::ios::binary);
+    std::string data(4u << 20, '\0');
+    for (std::size_t i = 0; i < (1u << 20); ++i) data[i] = static_cast<char>(i * 7 + 1);
+    out << data;
+  }
+  const std::string before = Slurp(volume);
+  RunResult r = Blkrep(dir, {"bench", "--volume", volume, "--dirty", "0.1", "--duration", "1", "--no-peers", "--json",
+                             "--dir", dir.path() + "/scratch"});
+  ASSERT_EQ(r.exit_status, 0) << r.err;
+  json doc = json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(doc.is_discarded()) << r.out;
+  EXPECT_TRUE(doc["checks"]["ok"].get<bool>()) << doc["checks"].dump();
+  EXPECT_EQ(doc["options"]["volume_bytes"].get<std::uint64_t>(), 4u << 20);
+  EXPECT_EQ(doc["full_sync"]["zero_blocks"].get<std::uint64_t>(), (3u << 20) / 65536);
+  EXPECT_EQ(doc["full_sync"]["data_blocks"].get<std::uint64_t>(), (1u << 20) / 65536);
+  EXPECT_TRUE(Slurp(volume) == before) << "the given volume was written";
+}
+
 TEST(BenchTest, BadFlagsExitTwoWithOneLine) {
   TempDir dir;
   const std::vector<std::vector<std::string>> bad = {
