@@ -9,6 +9,7 @@ namespace blkrep::tools {
 
 int JournalCommand(const std::vector<std::string>& argv);
 int TrackCommand(const std::vector<std::string>& argv);
+int TraceCommand(const std::vector<std::string>& argv);
 int ReceiveCommand(const std::vector<std::string>& argv);
 int TargetCommand(const std::vector<std::string>& argv);
 int CreateLocalJobCommand(const std::vector<std::string>& argv);

@@ -13,7 +13,9 @@ constexpr const char* kUsage =
     "\n"
     "commands:\n"
     "  track GUEST NAME=VOLUME... --nbd-socket PATH [--nbd-listen HOST:PORT] [--block-size SIZE]\n"
-    "                                     serve the volumes over NBD, tracking every write\n"
+    "        [--trace FILE]               serve the volumes over NBD, tracking every write\n"
+    "  trace inspect FILE [--json] [--block-size SIZE] [--records | --no-records]\n"
+    "                                     what a write trace (track --trace) holds\n"
     "  journal inspect GUEST [--json]     what the journal of GUEST holds\n"
     "  journal write GUEST NAME=VOLUME --offset SIZE --length SIZE [...]\n"
     "                                     write to a volume through the tracking layer\n"
@@ -66,6 +68,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (command == "journal") return blkrep::tools::JournalCommand(rest);
   if (command == "track") return blkrep::tools::TrackCommand(rest);
+  if (command == "trace") return blkrep::tools::TraceCommand(rest);
   if (command == "receive") return blkrep::tools::ReceiveCommand(rest);
   if (command == "target") return blkrep::tools::TargetCommand(rest);
   if (command == "create-local-job") return blkrep::tools::CreateLocalJobCommand(rest);

@@ -3,6 +3,11 @@
 // Opens every volume and its journal (recovering it), serves the volumes as
 // NBD exports, answers the control socket, and on SIGTERM/SIGINT finishes
 // in-flight requests, flushes the volumes, seals the journals and exits 0.
+//
+// --trace FILE also records every accepted write, trim and write-zeroes
+// (tracker/trace.h, docs/trace-format.md) from the first request on; the
+// trace is closed after the server has stopped, and a trace that could not
+// be written makes the exit status 1 (the guest's I/O never fails for it).
 #include <malloc.h>
 #include <signal.h>
 
@@ -28,6 +33,7 @@
 #include "tracker/layout.h"
 #include "tracker/nbd_server.h"
 #include "tracker/report_format.h"
+#include "tracker/trace.h"
 
 namespace blkrep::tools {
 namespace {
@@ -37,7 +43,7 @@ using core::Status;
 constexpr const char* kUsage =
     "usage: blkrep track GUEST NAME=VOLUME [NAME=VOLUME ...] --nbd-socket PATH "
     "[--nbd-listen HOST:PORT] [--block-size SIZE] [--journal-cap SIZE] [--cow-cap SIZE] "
-    "[--io-engine auto|io_uring|threads] [--state-dir DIR]";
+    "[--io-engine auto|io_uring|threads] [--trace FILE] [--state-dir DIR]";
 
 struct Volume {
   std::string name;
@@ -70,7 +76,7 @@ Status ArmJournalFaults(core::FaultInjectingFileSystem& fs, const std::string& s
 int TrackCommand(const std::vector<std::string>& argv) {
   auto args = ParseArgs(argv,
                         {"state-dir", "nbd-socket", "nbd-listen", "block-size", "journal-cap", "io-engine",
-                         "queue-depth", "journal-faults", "cow-cap"},
+                         "queue-depth", "journal-faults", "cow-cap", "trace"},
                         {});
   if (!args.ok()) return ReportError(args.status().WithContext(kUsage));
   if (args->positional.size() < 2 || !args->Value("nbd-socket")) {
@@ -170,6 +176,20 @@ int TrackCommand(const std::vector<std::string>& argv) {
     controlled.push_back(
         tracker::ControlledVolume{v.name, v.path, v.device->SizeBytes(), v.journal.get(), v.gate.get()});
   }
+  std::unique_ptr<tracker::TraceWriter> trace;
+  const std::string trace_path = args->Value("trace").value_or("");
+  if (args->Value("trace")) {
+    if (trace_path.empty()) return ReportError(Status::InvalidArgument("--trace needs a file name"));
+    std::vector<tracker::TraceVolume> trace_volumes;
+    for (const auto& v : volumes) trace_volumes.push_back(tracker::TraceVolume{v.name, v.device->SizeBytes()});
+    auto writer = tracker::TraceWriter::Create(trace_path, std::move(trace_volumes));
+    if (!writer.ok()) return ReportError(writer.status().WithContext("--trace " + trace_path));
+    trace = std::move(writer).value();
+    for (std::size_t i = 0; i < exports.size(); ++i) {
+      exports[i].trace = trace.get();
+      exports[i].trace_volume = static_cast<std::uint16_t>(i);
+    }
+  }
   tracker::CycleControl cycles(state_dir, guest, std::move(controlled), cow_cap_bytes);
   if (auto faults = args->Value("journal-faults")) {
     Status armed = ArmJournalFaults(fs, *faults);
@@ -222,6 +242,17 @@ int TrackCommand(const std::vector<std::string>& argv) {
   reaper.join();
   cycles.AbortAll();
   int status = kExitOk;
+  if (trace) {
+    Status closed = trace->Close();
+    if (closed.ok()) {
+      std::fprintf(stderr, "blkrep: trace %s: %llu records written\n", trace_path.c_str(),
+                   static_cast<unsigned long long>(trace->records_written()));
+    } else {
+      status = ReportError(closed.WithContext("trace " + trace_path + " (" + std::to_string(trace->records_written()) +
+                                              " records written, " + std::to_string(trace->records_dropped()) +
+                                              " dropped)"));
+    }
+  }
   for (auto& v : volumes) {
     Status flushed = v.device->Flush();
     if (!flushed.ok()) status = ReportError(flushed.WithContext("flush " + v.path));

@@ -712,6 +712,7 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
           }
           // Invariant 1: durable in the journal before it reaches the volume.
           (void)e.journal->MarkDirty(r.offset, r.length);
+          if (e.trace != nullptr) e.trace->Record(e.trace_volume, TraceOp::kWrite, r.offset, r.length);
           p->op.kind = core::AsyncOp::Kind::kWrite;
           p->op.dsync = r.flags & nbd::kCmdFlagFua;
         } else if (r.type == nbd::kCmdRead) {
@@ -751,6 +752,7 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
         // zeroes for it. Tracked like a write all the same.
         GateScope gated(e.gate, r.offset, r.length);
         (void)e.journal->MarkDirty(r.offset, r.length);
+        if (e.trace != nullptr) e.trace->Record(e.trace_volume, TraceOp::kTrim, r.offset, r.length);
         Status s = Discard(volume_fd, is_block_device, r.offset, r.length);
         if (s.ok() && (r.flags & nbd::kCmdFlagFua)) s = e.device->Flush();
         if (s.ok()) c.SendOk(r, cost);
@@ -767,6 +769,7 @@ void Transmission(const std::shared_ptr<NbdServer::Connection>& conn, core::Asyn
         }
         GateScope gated(e.gate, r.offset, r.length);
         (void)e.journal->MarkDirty(r.offset, r.length);
+        if (e.trace != nullptr) e.trace->Record(e.trace_volume, TraceOp::kWriteZeroes, r.offset, r.length);
         Status s = fast ? FastZero(volume_fd, is_block_device, r.offset, r.length, may_unmap)
                         : e.device->WriteZeroes(r.offset, r.length, may_unmap);
         if (fast && s.code() == core::Code::kUnsupported) {

@@ -23,6 +23,10 @@
 // data); the replies go through the same writer machinery. A view's Flush
 // must cover writes completed on every connection (CAN_MULTI_CONN).
 //
+// With NbdExport::trace set, each write, trim and write-zeroes is also
+// recorded in the trace (tracker/trace.h) right after it is marked; without
+// it the cost is one null check.
+//
 // Thread safety: Start and Shutdown from one thread; everything else is
 // internal.
 #pragma once
@@ -43,6 +47,7 @@
 #include "core/status.h"
 #include "tracker/cycle_control.h"
 #include "tracker/journal.h"
+#include "tracker/trace.h"
 
 namespace blkrep::tracker {
 
@@ -58,6 +63,11 @@ struct NbdExport {
   // Served through the BlockDevice interface, untracked. Not owned; must be
   // safe for concurrent calls (block_device.h) and outlive the server.
   core::BlockDevice* view = nullptr;
+  // Optional (file exports only; not owned, must outlive the server): every
+  // accepted WRITE, TRIM and WRITE_ZEROES is recorded as volume
+  // `trace_volume` of it, where it is marked in the journal.
+  TraceWriter* trace = nullptr;
+  std::uint16_t trace_volume = 0;
 
   std::uint64_t SizeBytes() const { return view != nullptr ? view->SizeBytes() : device->SizeBytes(); }
 };

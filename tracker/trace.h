@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "core/file_system.h"
 #include "core/status.h"
 
 namespace blkrep::tracker {
@@ -47,6 +48,15 @@ struct Trace {
   std::string torn_tail;
 };
 
+// Format constants (docs/trace-format.md).
+inline constexpr std::uint32_t kTraceVersion = 1;
+inline constexpr std::size_t kTraceMaxVolumes = 64;
+inline constexpr std::size_t kTraceRecordBytes = 24;
+inline constexpr std::size_t kTraceBatchHeaderBytes = 16;
+inline constexpr std::uint32_t kTraceMaxBatchRecords = 4096;
+// What the writer puts in one batch: 16 + 2730 * 24 = 65536 bytes.
+inline constexpr std::uint32_t kTraceWriterBatchRecords = 2730;
+
 // The one gate for a trace's bytes: kCorruption naming the field ("trace:
 // record 17: offset ... past the end of volume disk0") on anything a
 // TraceWriter could not have written, except a torn last batch.
@@ -54,10 +64,21 @@ core::Result<Trace> DecodeTrace(std::span<const std::byte> bytes);
 // Reads and decodes FILE (kNotFound if missing); refuses files over 4 GiB.
 core::Result<Trace> ReadTrace(const std::string& path);
 
+// The bytes a TraceWriter would write for `trace` (its records in batches of
+// at most records_per_batch, 1 .. kTraceMaxBatchRecords): for tests, worked
+// examples and synthesized workloads. kInvalidArgument naming the field if
+// DecodeTrace would refuse the result (torn_tail is ignored).
+core::Result<std::vector<std::byte>> EncodeTrace(const Trace& trace, std::uint32_t records_per_batch = kTraceWriterBatchRecords);
+
+
 class TraceWriter {
  public:
   // Creates (truncating) `path` and writes its header.
   static core::Result<std::unique_ptr<TraceWriter>> Create(const std::string& path,
+                                                           std::vector<TraceVolume> volumes);
+  // The same through `fs` (a fake or fault-injecting one in tests), which
+  // must outlive the writer.
+  static core::Result<std::unique_ptr<TraceWriter>> Create(core::FileSystem& fs, const std::string& path,
                                                            std::vector<TraceVolume> volumes);
   ~TraceWriter();  // flushes, best effort
   TraceWriter(const TraceWriter&) = delete;
@@ -67,8 +88,16 @@ class TraceWriter {
   // written as one batch). Never fails the guest's I/O: a write error stops
   // the trace and is reported by Close.
   void Record(std::uint16_t volume, TraceOp op, std::uint64_t offset_bytes, std::uint32_t length_bytes);
-  // Writes the last batch and fsyncs the file.
+  // Writes the last batch and fsyncs the file. Idempotent: later calls
+  // return the first result. Record after Close is ignored.
   core::Status Close();
+
+  // Records in batches written so far (all recorded ones after a
+  // successful Close).
+  std::uint64_t records_written() const;
+  // Records not in the file: after a write error, or refused by Record
+  // (volume index or range outside the header's volumes — a caller's bug).
+  std::uint64_t records_dropped() const;
 
   struct Impl;  // defined in the .cc
 
