@@ -1113,11 +1113,7 @@ Status Bench::Run() {
 
 Status Bench::Replay() {
   progress_.Phase("reading the trace " + o_.replay);
-#if BLKREP_HAVE_TRACE
   auto trace = tracker::ReadTrace(o_.replay);
-#else
-  core::Result<tracker::Trace> trace = Status::Unsupported("this build has no trace reader (tracker/trace.cc)");
-#endif
   if (!trace.ok()) {
     if (trace.status().code() == core::Code::kNotFound || trace.status().code() == core::Code::kCorruption) {
       return Status::InvalidArgument("--replay " + o_.replay + ": " + trace.status().message());
@@ -1496,6 +1492,17 @@ std::string Bench::Table() const {
                 core::FormatSize(volume_bytes_).c_str(), o_.replay.empty() ? volume_source_.c_str() : "replay",
                 core::FormatSize(o_.block_bytes).c_str(), o_.write_size_text.c_str(), o_.skew.text.c_str(),
                 o_.compressibility_pct, o_.zero_fraction, static_cast<unsigned long long>(o_.seed), elapsed_);
+  if (!o_.replay.empty()) {
+    std::snprintf(line, sizeof line,
+                  "blkrep bench --replay %s: %llu records, %zu volume(s), %s blocks, %s, cycle %s, %u%% compressible, "
+                  "zero fraction %g, seed %llu, %.1f s\n\n",
+                  o_.replay.c_str(), static_cast<unsigned long long>(replay_records_), replay_volumes_.size(),
+                  core::FormatSize(o_.block_bytes).c_str(),
+                  o_.speed > 0 ? (Fmt("%g", o_.speed) + "x the trace's pace").c_str() : "as fast as possible",
+                  o_.cycle_every_s > 0 ? ("every " + Fmt("%g", o_.cycle_every_s) + " s of trace time").c_str()
+                                       : "once at the end",
+                  o_.compressibility_pct, o_.zero_fraction, static_cast<unsigned long long>(o_.seed), elapsed_);
+  }
   out += line;
   auto emit = [&](const std::string* f[6]) {
     std::snprintf(line, sizeof line, "%-*s | %*s | %-*s | %-*s | %*s | %*s\n", (int)w[0], f[0]->c_str(), (int)w[1],

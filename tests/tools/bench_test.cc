@@ -379,9 +379,6 @@ bool OnPath(const std::string& program) {
 // the tracker's NBD export), replayed: before the cycle the journal marks
 // exactly the traced blocks, and the cycle sends exactly those.
 TEST(BenchTest, AReplayedTraceMarksAndSendsExactlyTheTracedBlocks) {
-#if !BLKREP_HAVE_TRACE
-  GTEST_SKIP() << "this build has no trace reader (tracker/trace.cc)";
-#endif
   if (!OnPath("qemu-io")) GTEST_SKIP() << "qemu-io not found (apt-get install qemu-utils)";
   TempDir dir;
   const std::string volume = dir.path() + "/disk0.img", trace = dir.path() + "/guest.trace";
