@@ -979,6 +979,10 @@ Status Bench::FullSync() {
     cp_.skipped = rsync_skip_ = "--no-peers";
     return Status::Ok();
   }
+  if (!OnPath("cp")) {
+    cp_.skipped = rsync_skip_ = "cp not found on PATH (the copy rsync brings up to date)";
+    return Status::Ok();
+  }
   progress_.Phase("full sync: cp");
   rsync_copy_ = work_ + "/rsync-copy.img";
   double t0 = Now();
