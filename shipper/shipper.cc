@@ -753,6 +753,7 @@ Status ShipperSession::ShipCycle(std::uint64_t cycle_id, proto::CycleMode mode, 
     }
   }
   st.bytes_received = reader_.bytes_received();
+  st.receiver_bytes = a.bytes_received();
   return Status::Ok();
 }
 

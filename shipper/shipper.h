@@ -101,6 +101,9 @@ struct ShipStats {
   std::uint64_t payload_bytes = 0;    // their bytes on the wire
   std::uint64_t bytes_sent = 0;       // every frame
   std::uint64_t bytes_received = 0;
+  // The receiver's own count of wire bytes it read this session, from its
+  // ACK (Ack.bytes_received): equals bytes_sent when nothing was lost.
+  std::uint64_t receiver_bytes = 0;
   std::string io_engine;
   bool compressed = false;  // compression was on at the end of the cycle
 };

@@ -33,5 +33,6 @@ int EnableCommand(const std::vector<std::string>& argv);
 int DisableCommand(const std::vector<std::string>& argv);
 int ScheduleNowCommand(const std::vector<std::string>& argv);
 int DeleteCommand(const std::vector<std::string>& argv);
+int BenchCommand(const std::vector<std::string>& argv);
 
 }  // namespace blkrep::tools

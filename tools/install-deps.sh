@@ -6,9 +6,9 @@ set -eu
 packages="g++ cmake make pkg-config
   liburing-dev libblkid-dev libzstd-dev libxxhash-dev
   libprotobuf-dev protobuf-compiler libsqlite3-dev libssl-dev openssl openssh-client
-  libgtest-dev libgmock-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev nlohmann-json3-dev libnbd-dev
   e2fsprogs util-linux xxd tzdata
-  qemu-utils libnbd-bin python3-libnbd python3-prometheus-client nbdfuse fuse3 fio"
+  qemu-utils rsync libnbd-bin python3-libnbd python3-prometheus-client nbdfuse fuse3 fio"
 
 missing=""
 for p in $packages; do

@@ -246,6 +246,7 @@ Status RunJob(jobs::JobStore& store, const std::string& id, const std::string& s
     report.Key("zero_blocks").Uint(s.zero_blocks).Key("kept_blocks").Uint(s.kept_blocks);
     report.Key("raw_bytes").Uint(s.raw_bytes).Key("payload_bytes").Uint(s.payload_bytes);
     report.Key("bytes_sent").Uint(s.bytes_sent).Key("bytes_received").Uint(s.bytes_received);
+    report.Key("receiver_bytes").Uint(s.receiver_bytes);
     report.Key("io_engine").String(s.io_engine);
     report.Key("matched_blocks").Uint(s.matched_blocks).Key("compared_blocks").Uint(s.compared_blocks);
     report.Key("resync_reason");

@@ -49,6 +49,9 @@ constexpr const char* kUsage =
     "                                     failover: the replicas become a tracked source on this node\n"
     "  demote GUEST --replica-dir DIR [--job JOBID] [--json]\n"
     "                                     the way back: the old source's volumes become the replica\n"
+    "  bench [--size SIZE | --volume PATH] [--dirty LIST] [--write-size DIST] [--skew S] [--json] [--svg FILE]\n"
+    "        [--replay TRACE] [...]       changed-block throughput benchmark on a scratch volume\n"
+    "                                     (tracker overhead, full sync, incremental cycles, resync)\n"
     "  version                            print the version\n"
     "\n"
     "common options: --state-dir DIR (default $BLKREP_STATE_DIR or /var/lib/blkrep)\n";
@@ -89,6 +92,7 @@ int main(int argc, char** argv) {
   if (command == "disable") return blkrep::tools::DisableCommand(rest);
   if (command == "schedule-now") return blkrep::tools::ScheduleNowCommand(rest);
   if (command == "delete") return blkrep::tools::DeleteCommand(rest);
+  if (command == "bench") return blkrep::tools::BenchCommand(rest);
   if (command == "version" || command == "--version") {
     std::printf("blkrep %s\n", BLKREP_VERSION);
     return blkrep::tools::kExitOk;
