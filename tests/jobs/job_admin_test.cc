@@ -567,7 +567,7 @@ TEST(JobAdminTest, TheUsageListsEveryCommand) {
        {"track", "journal inspect", "journal write", "receive", "recovery-points", "target add", "target list",
         "create-local-job", "update", "run", "status", "list", "read", "enable", "disable", "schedule-now", "delete",
         "events", "suspend", "resume", "resync", "verify", "measure", "metrics", "test-failover", "promote", "demote",
-        "version"}) {
+        "bench", "trace inspect", "version"}) {
     bool listed = usage.err.find(std::string("\n  ") + command + " ") != std::string::npos ||
                   usage.err.find(std::string("| ") + command + " ") != std::string::npos;
     EXPECT_TRUE(listed) << command << " is not in the usage:\n" << usage.err;
