@@ -549,6 +549,17 @@ void WritePeerSkipOrOpen(core::JsonWriter& w, const Peer& p) {
   else w.Null();
 }
 
+// An rsync peer as an object: skipped (with the reason) or its figures.
+void WriteRsync(core::JsonWriter& w, const Peer& rsync) {
+  w.BeginObject();
+  WritePeerSkipOrOpen(w, rsync);
+  if (!rsync.skipped) {
+    w.Key("seconds").Double(rsync.seconds).Key("bytes_sent").Uint(rsync.bytes_sent);
+    w.Key("bytes_received").Uint(rsync.bytes_received).Key("wire_bytes").Uint(rsync.bytes_sent + rsync.bytes_received);
+  }
+  w.EndObject();
+}
+
 // --- the bench -------------------------------------------------------------------
 
 class Bench {
@@ -1380,13 +1391,8 @@ std::string Bench::Json() const {
       w.Key("cycle").BeginObject();
       WriteCycle(w, r.cycle);
       w.EndObject();
-      w.Key("rsync").BeginObject();
-      WritePeerSkipOrOpen(w, r.rsync);
-      if (!r.rsync.skipped) {
-        w.Key("seconds").Double(r.rsync.seconds).Key("bytes_sent").Uint(r.rsync.bytes_sent);
-        w.Key("bytes_received").Uint(r.rsync.bytes_received).Key("wire_bytes").Uint(r.rsync.bytes_sent + r.rsync.bytes_received);
-      }
-      w.EndObject();
+      w.Key("rsync");
+      WriteRsync(w, r.rsync);
       const bool peer = !r.rsync.skipped;
       JsonRatio(w, "ratio_seconds_blkrep_rsync", r.cycle.seconds, peer ? r.rsync.seconds : 0);
       JsonRatio(w, "ratio_wire_bytes_blkrep_rsync", static_cast<double>(r.cycle.bytes_sent + r.cycle.bytes_received),
@@ -1407,13 +1413,8 @@ std::string Bench::Json() const {
       w.Key("cycle").BeginObject();
       WriteCycle(w, r.cycle);
       w.EndObject();
-      w.Key("rsync").BeginObject();
-      WritePeerSkipOrOpen(w, r.rsync);
-      if (!r.rsync.skipped) {
-        w.Key("seconds").Double(r.rsync.seconds).Key("bytes_sent").Uint(r.rsync.bytes_sent);
-        w.Key("bytes_received").Uint(r.rsync.bytes_received).Key("wire_bytes").Uint(r.rsync.bytes_sent + r.rsync.bytes_received);
-      }
-      w.EndObject();
+      w.Key("rsync");
+      WriteRsync(w, r.rsync);
       JsonRatio(w, "ratio_seconds_blkrep_rsync", r.cycle.seconds, r.rsync.skipped ? 0 : r.rsync.seconds);
       w.EndObject();
     }
