@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "tests/core/temp_dir.h"
+#include "tests/tools/cli_test_util.h"
 #include "tools/bench_chart.h"
 
 extern char** environ;
@@ -28,56 +29,10 @@ extern char** environ;
 namespace blkrep::tools {
 namespace {
 
+using namespace cli_test;  // NOLINT: the shared runner
+
 using core::test_support::TempDir;
 using nlohmann::json;
-
-struct RunResult {
-  int exit_status = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string Binary() {
-  const char* bin = std::getenv("BLKREP_BIN");
-  EXPECT_NE(bin, nullptr) << "BLKREP_BIN must name the blkrep binary (ctest sets it)";
-  return bin ? bin : "blkrep";
-}
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-pid_t Spawn(const TempDir& dir, std::vector<std::string> args, const std::string& tag) {
-  std::string out = dir.path() + "/" + tag + ".stdout", err = dir.path() + "/" + tag + ".stderr";
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  if (posix_spawnp(&pid, args[0].c_str(), &actions, nullptr, argv.data(), environ) != 0) pid = -1;
-  posix_spawn_file_actions_destroy(&actions);
-  return pid;
-}
-
-RunResult Wait(const TempDir& dir, pid_t pid, const std::string& tag) {
-  RunResult run;
-  if (pid < 0) return run;
-  int status = 0;
-  waitpid(pid, &status, 0);
-  run.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  run.out = Slurp(dir.path() + "/" + tag + ".stdout");
-  run.err = Slurp(dir.path() + "/" + tag + ".stderr");
-  return run;
-}
-
-RunResult Blkrep(const TempDir& dir, std::vector<std::string> args, const std::string& tag = "run") {
-  args.insert(args.begin(), Binary());
-  return Wait(dir, Spawn(dir, args, tag), tag);
-}
 
 // A run of the bench whose scratch directory is made inside the test's own.
 std::vector<std::string> Small(const TempDir& dir, std::vector<std::string> extra) {

@@ -20,55 +20,17 @@
 #include <vector>
 
 #include "tests/core/temp_dir.h"
+#include "tests/tools/cli_test_util.h"
 
 extern char** environ;
 
 namespace blkrep::tools {
 namespace {
 
+using namespace cli_test;  // NOLINT: the shared runner
+
 using core::test_support::TempDir;
 using nlohmann::json;
-
-struct RunResult {
-  int exit_status = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string Binary() {
-  const char* bin = std::getenv("BLKREP_BIN");
-  EXPECT_NE(bin, nullptr) << "BLKREP_BIN must name the blkrep binary (ctest sets it)";
-  return bin ? bin : "blkrep";
-}
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-// Runs blkrep with `args`, waiting for it; stdout/stderr captured via files.
-RunResult Blkrep(const TempDir& dir, std::vector<std::string> args) {
-  std::string out = dir.path() + "/stdout", err = dir.path() + "/stderr";
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  std::string bin = Binary();
-  args.insert(args.begin(), bin);
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid;
-  RunResult run;
-  if (posix_spawn(&pid, bin.c_str(), &actions, nullptr, argv.data(), environ) != 0) return run;
-  posix_spawn_file_actions_destroy(&actions);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  run.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  run.out = Slurp(out);
-  run.err = Slurp(err);
-  return run;
-}
 
 void MakeVolume(const std::string& path, std::uint64_t size) {
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0600);
