@@ -22,6 +22,7 @@
 #include "core/bytes.h"
 #include "core/hash.h"
 #include "core/names.h"
+#include "tracker/nbd_protocol.h"
 
 namespace blkrep::tracker {
 namespace {
@@ -89,6 +90,22 @@ Status ValidateVolumes(const std::vector<TraceVolume>& volumes) {
 
 // Empty when `r` could stand in volume list `volumes` after a record of time
 // `previous_time_ns`; else what is wrong with it.
+// Whether the batch at the start of `rest` (its checksum and announced
+// count given) is a complete batch of fewer records with a damaged count.
+bool ShorterBatchMatches(std::span<const std::byte> rest, std::uint64_t checksum, std::uint32_t count) {
+  const std::size_t fit = (rest.size() - kTraceBatchHeaderBytes) / kTraceRecordBytes;
+  for (std::size_t k = 1; k < count && k <= fit; ++k) {
+    std::byte head[8];
+    core::StoreLe32(head, static_cast<std::uint32_t>(k));
+    std::memcpy(head + 4, rest.data() + 12, 4);
+    core::Xxh3Stream h;
+    h.Update(std::span<const std::byte>(head, 8));
+    h.Update(rest.subspan(kTraceBatchHeaderBytes, k * kTraceRecordBytes));
+    if (h.Digest() == checksum) return true;
+  }
+  return false;
+}
+
 std::string RecordProblem(const TraceRecord& r, const std::vector<TraceVolume>& volumes,
                           std::uint64_t previous_time_ns) {
   if (!ValidOp(static_cast<std::uint8_t>(r.op))) {
@@ -100,6 +117,11 @@ std::string RecordProblem(const TraceRecord& r, const std::vector<TraceVolume>& 
   }
   const TraceVolume& v = volumes[r.volume];
   if (r.length_bytes == 0) return "length 0";
+  if (r.op == TraceOp::kWrite && r.length_bytes > nbd::kMaxRequestBytes) {
+    // No NBD client can send more in one write (the tracker refuses it).
+    return "write of " + std::to_string(r.length_bytes) + " bytes (at most " +
+           std::to_string(nbd::kMaxRequestBytes) + " per request)";
+  }
   if (r.offset_bytes > v.size_bytes || r.length_bytes > v.size_bytes - r.offset_bytes) {
     return "offset " + std::to_string(r.offset_bytes) + " + length " + std::to_string(r.length_bytes) +
            " past the end of volume " + v.name + " (" + std::to_string(v.size_bytes) + " bytes)";
@@ -117,6 +139,16 @@ bool AllZero(std::span<const std::byte> bytes) {
   }
   return true;
 }
+
+// Whether bytes [pos, pos + n) of the file hold an all-zero 512-byte
+// sector (aligned in the file): a page the kernel never wrote.
+bool HasZeroSector(std::span<const std::byte> file, std::size_t pos, std::size_t n) {
+  for (std::size_t s = (pos + 511) / 512 * 512; s + 512 <= pos + n; s += 512) {
+    if (AllZero(file.subspan(s, 512))) return true;
+  }
+  return false;
+}
+
 
 }  // namespace
 
@@ -183,13 +215,22 @@ Result<Trace> DecodeTrace(std::span<const std::byte> bytes) {
     }
     if (batch_reserved != 0) return bad(where + ": reserved field " + std::to_string(batch_reserved) + " (must be 0)");
     const std::size_t batch_bytes = kTraceBatchHeaderBytes + std::size_t{count} * kTraceRecordBytes;
+    if (batch_bytes > rest.size() && ShorterBatchMatches(rest, batch_checksum, count)) {
+      // Not a torn write: a whole batch of fewer records whose count was
+      // damaged (the checksum covers the count). Records would be lost.
+      return bad(where + ": record count " + std::to_string(count) +
+                 " is damaged (a complete batch of fewer records follows it)");
+    }
     if (batch_bytes > rest.size()) {
       trace.torn_tail = where + ": " + std::to_string(count) + " records announced, the file ends after " +
                         std::to_string(rest.size()) + " of its " + std::to_string(batch_bytes) + " bytes; dropped";
       break;
     }
     if (batch_checksum != core::Xxh3_64(rest.subspan(8, batch_bytes - 8))) {
-      if (batch_bytes == rest.size()) {
+      // A torn last batch: the file's size grew before all of its pages
+      // were written, which leaves a sector of zeroes. Other damage to the
+      // last batch is corruption, not a tear.
+      if (batch_bytes == rest.size() && HasZeroSector(bytes, pos, batch_bytes)) {
         trace.torn_tail = where + ": the last batch (" + std::to_string(count) +
                           " records) fails its checksum; dropped";
         break;

@@ -128,20 +128,54 @@ TEST(TraceTest, TruncatedTrailingBatchIsDroppedAndReported) {
   }
 }
 
-TEST(TraceTest, LastBatchThatFailsItsChecksumIsTornButAnEarlierOneIsCorruption) {
-  Trace t = Example(25);
-  std::vector<std::byte> bytes = Encode(t, 10);
-  std::vector<std::byte> last_bad = bytes;
-  last_bad[BatchOffset(t, 10, 2) + kTraceBatchHeaderBytes + 3] ^= std::byte{0x40};
-  auto decoded = DecodeTrace(last_bad);
+TEST(TraceTest, ALastBatchWithUnwrittenSectorsIsTornOtherDamageIsCorruption) {
+  Trace t = Example(150);
+  std::vector<std::byte> bytes = Encode(t, 100);  // batches of 100 and 50 records
+  // The size grew, the last pages never came: zeroes where records were.
+  std::vector<std::byte> torn = bytes;
+  std::fill(torn.end() - 1024, torn.end(), std::byte{0});
+  auto decoded = DecodeTrace(torn);
   ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
-  EXPECT_EQ(decoded->records.size(), 20u);
+  EXPECT_EQ(decoded->records.size(), 100u);
   EXPECT_NE(decoded->torn_tail.find("checksum"), std::string::npos) << decoded->torn_tail;
 
+  // A flipped bit in the last batch is no tear: corruption, nothing lost silently.
+  std::vector<std::byte> last_bad = bytes;
+  last_bad[BatchOffset(t, 100, 1) + kTraceBatchHeaderBytes + 3] ^= std::byte{0x40};
+  EXPECT_EQ(CorruptionOf(last_bad), "trace: batch 1 at byte " + std::to_string(BatchOffset(t, 100, 1)) +
+                                        ": checksum mismatch");
   std::vector<std::byte> middle_bad = bytes;
-  middle_bad[BatchOffset(t, 10, 1) + kTraceBatchHeaderBytes + 3] ^= std::byte{0x40};
-  EXPECT_EQ(CorruptionOf(middle_bad), "trace: batch 1 at byte " + std::to_string(BatchOffset(t, 10, 1)) +
+  middle_bad[BatchOffset(t, 100, 0) + kTraceBatchHeaderBytes + 3] ^= std::byte{0x40};
+  EXPECT_EQ(CorruptionOf(middle_bad), "trace: batch 0 at byte " + std::to_string(BatchOffset(t, 100, 0)) +
                                           ": checksum mismatch");
+}
+
+// A damaged record count that points past the end of the file is not taken
+// for a torn tail when a complete batch of fewer records is there.
+TEST(TraceTest, ADamagedBatchCountIsCorruptionNotATornTail) {
+  Trace t = Example(5);
+  std::vector<std::byte> bytes = Encode(t, 3);  // batches of 3 and 2
+  const std::size_t at = BatchOffset(t, 3, 0);
+  core::StoreLe32(bytes.data() + at + 8, 100);
+  EXPECT_EQ(CorruptionOf(bytes), "trace: batch 0 at byte " + std::to_string(at) +
+                                     ": record count 100 is damaged (a complete batch of fewer records follows it)");
+}
+
+// A write longer than any NBD request is refused (replay would size buffers
+// from it).
+TEST(TraceTest, AWriteLongerThanAnNbdRequestIsRefused) {
+  Trace t;
+  t.volumes = {{"disk0", 128u << 20}};
+  t.records = {{0, 0, 64u << 20, 0, TraceOp::kTrim}};
+  // A trim that long is an NBD request like any other.
+  std::vector<std::byte> bytes = Encode(t, 10);
+  ASSERT_TRUE(DecodeTrace(bytes).ok());
+  // The same record as a write (op at byte 22 of the record), resealed.
+  const std::size_t batch = BatchOffset(t, 10, 0);
+  bytes[batch + kTraceBatchHeaderBytes + 22] = std::byte{static_cast<std::uint8_t>(TraceOp::kWrite)};
+  Reseal(bytes, batch);
+  std::string error = CorruptionOf(bytes);
+  EXPECT_NE(error.find("write of 67108864 bytes (at most 33554432 per request)"), std::string::npos) << error;
 }
 
 TEST(TraceTest, ZeroFilledTailIsTorn) {
