@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <linux/falloc.h>
 #include <map>
@@ -27,21 +28,37 @@ AlignedBuffer Allocate(std::size_t n) {
   return AlignedBuffer(static_cast<std::byte*>(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096)));
 }
 
+// A write the buffers cannot hold is refused (never copied past them).
+Status CheckLength(std::uint32_t length, std::uint32_t max_write_bytes) {
+  if (length > max_write_bytes) {
+    return Status::InvalidArgument("a write of " + std::to_string(length) + " bytes (at most " +
+                                   std::to_string(max_write_bytes) + ")");
+  }
+  return Status::Ok();
+}
+
 class FileSink : public WriteSink {
  public:
   FileSink(int fd, std::string path, std::uint32_t max_write_bytes)
-      : fd_(fd), path_(std::move(path)), buffer_(Allocate(max_write_bytes)) {}
+      : fd_(fd), path_(std::move(path)), buffer_(Allocate(max_write_bytes)), max_write_bytes_(max_write_bytes) {}
   ~FileSink() override { ::close(fd_); }
 
   Status Write(std::uint64_t offset, std::uint32_t length,
                const std::function<void(std::span<std::byte>)>& fill) override {
+    BLKREP_RETURN_IF_ERROR(CheckLength(length, max_write_bytes_));
     fill({buffer_.get(), length});
     return PwriteAll(buffer_.get(), length, offset);
   }
   Status WriteZeroes(std::uint64_t offset, std::uint32_t length) override {
     if (::fallocate(fd_, FALLOC_FL_ZERO_RANGE, static_cast<off_t>(offset), length) == 0) return Status::Ok();
-    std::memset(buffer_.get(), 0, length);
-    return PwriteAll(buffer_.get(), length, offset);
+    // In pieces the buffer holds.
+    for (std::uint32_t done = 0; done < length;) {
+      std::uint32_t n = std::min(length - done, max_write_bytes_);
+      std::memset(buffer_.get(), 0, n);
+      BLKREP_RETURN_IF_ERROR(PwriteAll(buffer_.get(), n, offset + done));
+      done += n;
+    }
+    return Status::Ok();
   }
   Status Trim(std::uint64_t offset, std::uint32_t length) override {
     if (::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset), length) == 0) {
@@ -71,6 +88,7 @@ class FileSink : public WriteSink {
   int fd_;
   std::string path_;
   AlignedBuffer buffer_;
+  std::uint32_t max_write_bytes_;
 };
 
 Status NbdError(const std::string& what) {
@@ -81,7 +99,7 @@ Status NbdError(const std::string& what) {
 class NbdSink : public WriteSink {
  public:
   NbdSink(nbd_handle* h, std::string name, int queue_depth, std::uint32_t max_write_bytes)
-      : h_(h), name_(std::move(name)) {
+      : h_(h), name_(std::move(name)), max_write_bytes_(max_write_bytes) {
     for (int i = 0; i < queue_depth; ++i) {
       buffers_.push_back(Allocate(max_write_bytes));
       free_.push_back(i);
@@ -97,20 +115,21 @@ class NbdSink : public WriteSink {
 
   Status Write(std::uint64_t offset, std::uint32_t length,
                const std::function<void(std::span<std::byte>)>& fill) override {
-    BLKREP_ASSIGN_OR_RETURN(int slot, TakeSlot());
+    BLKREP_RETURN_IF_ERROR(CheckLength(length, max_write_bytes_));
+    BLKREP_ASSIGN_OR_RETURN(int slot, TakeSlot(offset, length));
     fill({buffers_[slot].get(), length});
     std::int64_t cookie = nbd_aio_pwrite(h_, buffers_[slot].get(), length, offset, NBD_NULL_COMPLETION, 0);
-    return Issued(cookie, slot, "write", offset);
+    return Issued(cookie, slot, "write", offset, length);
   }
   Status WriteZeroes(std::uint64_t offset, std::uint32_t length) override {
-    BLKREP_ASSIGN_OR_RETURN(int slot, TakeSlot());
+    BLKREP_ASSIGN_OR_RETURN(int slot, TakeSlot(offset, length));
     std::int64_t cookie = nbd_aio_zero(h_, length, offset, NBD_NULL_COMPLETION, 0);
-    return Issued(cookie, slot, "write-zeroes", offset);
+    return Issued(cookie, slot, "write-zeroes", offset, length);
   }
   Status Trim(std::uint64_t offset, std::uint32_t length) override {
-    BLKREP_ASSIGN_OR_RETURN(int slot, TakeSlot());
+    BLKREP_ASSIGN_OR_RETURN(int slot, TakeSlot(offset, length));
     std::int64_t cookie = nbd_aio_trim(h_, length, offset, NBD_NULL_COMPLETION, 0);
-    return Issued(cookie, slot, "trim", offset);
+    return Issued(cookie, slot, "trim", offset, length);
   }
   Status Finish() override {
     while (!in_flight_.empty()) BLKREP_RETURN_IF_ERROR(WaitOne());
@@ -122,21 +141,34 @@ class NbdSink : public WriteSink {
   struct Pending {
     int slot;
     std::uint64_t offset;
+    std::uint32_t length;
     const char* what;
   };
 
-  Result<int> TakeSlot() {
+  bool OverlapsInFlight(std::uint64_t offset, std::uint32_t length) const {
+    for (const auto& [cookie, p] : in_flight_) {
+      if (offset < p.offset + p.length && p.offset < offset + length) return true;
+    }
+    return false;
+  }
+
+  // A free buffer slot; first, every in-flight request that overlaps
+  // [offset, offset + length) is finished: NBD does not order requests in
+  // flight, so overlapping ones (a write, then write-zeroes of the same
+  // block, in a replayed trace) would land in either order.
+  Result<int> TakeSlot(std::uint64_t offset, std::uint32_t length) {
+    while (OverlapsInFlight(offset, length)) BLKREP_RETURN_IF_ERROR(WaitOne());
     while (free_.empty()) BLKREP_RETURN_IF_ERROR(WaitOne());
     int slot = free_.back();
     free_.pop_back();
     return slot;
   }
-  Status Issued(std::int64_t cookie, int slot, const char* what, std::uint64_t offset) {
+  Status Issued(std::int64_t cookie, int slot, const char* what, std::uint64_t offset, std::uint32_t length) {
     if (cookie < 0) {
       free_.push_back(slot);
       return NbdError(std::string("NBD ") + what + " at offset " + std::to_string(offset) + " of export " + name_);
     }
-    in_flight_[cookie] = {slot, offset, what};
+    in_flight_[cookie] = {slot, offset, length, what};
     return Reap();
   }
   // Retires every completed request without waiting.
@@ -165,6 +197,7 @@ class NbdSink : public WriteSink {
 
   nbd_handle* h_;
   std::string name_;
+  std::uint32_t max_write_bytes_;
   std::vector<AlignedBuffer> buffers_;
   std::vector<int> free_;
   std::map<std::int64_t, Pending> in_flight_;
