@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 
@@ -324,6 +325,7 @@ struct TraceWriter::Impl {
   std::uint64_t last_time_ns = 0;      // GUARDED_BY(mu)
   bool closed = false;                 // GUARDED_BY(mu)
   std::uint64_t refused = 0;           // GUARDED_BY(mu)
+  std::uint64_t last_batch_ns = 0;     // GUARDED_BY(mu): when the last batch was handed to the file
 
   // Taken while holding mu (never the other way round).
   std::mutex file_mu;
@@ -346,6 +348,14 @@ struct TraceWriter::Impl {
   void WriteBatch(std::vector<std::byte>& bytes, std::uint32_t count) {
     if (count == 0) return;
     if (!error.ok()) {
+      lost += count;
+      return;
+    }
+    if (file_offset + bytes.size() > kMaxFileBytes) {
+      // A longer trace could not be read back (ReadTrace's limit): stop
+      // here, with everything so far readable.
+      error = Status::ResourceExhausted("trace: reached the 4 GiB limit of a trace file; recording stopped");
+      std::fprintf(stderr, "blkrep: warning: %s\n", error.message().c_str());
       lost += count;
       return;
     }
@@ -409,7 +419,11 @@ void TraceWriter::Record(std::uint16_t volume, TraceOp op, std::uint64_t offset_
   }
   m.last_time_ns = time_ns;
   EncodeRecord(time_ns, offset_bytes, length_bytes, volume, op, m.batch);
-  if (++m.batch_records < kTraceWriterBatchRecords) return;
+  // A batch goes to the file when it is full, or at the first record a
+  // second after the previous batch: a crash loses at most the records of
+  // about a second (or of the idle time before the last record).
+  if (++m.batch_records < kTraceWriterBatchRecords && time_ns - m.last_batch_ns < kTraceFlushIntervalNs) return;
+  m.last_batch_ns = time_ns;
   std::vector<std::byte> full;
   full.swap(m.batch);
   const std::uint32_t count = m.batch_records;

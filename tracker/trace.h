@@ -71,6 +71,9 @@ core::Result<Trace> ReadTrace(const std::string& path);
 core::Result<std::vector<std::byte>> EncodeTrace(const Trace& trace, std::uint32_t records_per_batch = kTraceWriterBatchRecords);
 
 
+// A batch is written at the first record this long after the previous one.
+inline constexpr std::uint64_t kTraceFlushIntervalNs = 1'000'000'000;
+
 class TraceWriter {
  public:
   // Creates (truncating) `path` and writes its header.

@@ -347,6 +347,27 @@ TEST(TraceTest, WriteErrorStopsTheTraceAndIsReportedByClose) {
   EXPECT_EQ(trace->records.size(), kTraceWriterBatchRecords);
 }
 
+TEST(TraceTest, ABatchIsWrittenAtTheFirstRecordASecondAfterThePrevious) {
+  // A quiet guest's few writes reach the file within about a second, not
+  // only when a batch fills up or the tracker stops.
+  TempDir dir;
+  const std::string path = dir.File("t.trace");
+  auto writer = TraceWriter::Create(path, TwoVolumes());
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  (*writer)->Record(0, TraceOp::kWrite, 0, 4096);
+  EXPECT_EQ((*writer)->records_written(), 0u);
+  std::this_thread::sleep_for(std::chrono::nanoseconds(kTraceFlushIntervalNs) + std::chrono::milliseconds(50));
+  (*writer)->Record(0, TraceOp::kWrite, 4096, 4096);
+  EXPECT_EQ((*writer)->records_written(), 2u);
+  auto before_close = ReadTrace(path);
+  ASSERT_TRUE(before_close.ok()) << before_close.status().ToString();
+  EXPECT_EQ(before_close->records.size(), 2u);
+  (*writer)->Record(0, TraceOp::kWrite, 8192, 4096);
+  EXPECT_EQ((*writer)->records_written(), 2u);  // the next second has not passed
+  ASSERT_TRUE((*writer)->Close().ok());
+  EXPECT_EQ((*writer)->records_written(), 3u);
+}
+
 TEST(TraceTest, ReadTraceOfAMissingFileIsNotFound) {
   TempDir dir;
   EXPECT_EQ(ReadTrace(dir.File("missing")).status().code(), core::Code::kNotFound);
