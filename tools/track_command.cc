@@ -8,9 +8,12 @@
 // (tracker/trace.h, docs/trace-format.md) from the first request on; the
 // trace is closed after the server has stopped, and a trace that could not
 // be written makes the exit status 1 (the guest's I/O never fails for it).
+// An existing FILE is kept as FILE.N first.
 #include <malloc.h>
 #include <signal.h>
+#include <sys/stat.h>
 
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -180,6 +183,23 @@ int TrackCommand(const std::vector<std::string>& argv) {
   const std::string trace_path = args->Value("trace").value_or("");
   if (args->Value("trace")) {
     if (trace_path.empty()) return ReportError(Status::InvalidArgument("--trace needs a file name"));
+    // A restarted tracker (a service's --trace) must not wipe the trace it
+    // recorded before, nor refuse to serve the guest: the old file is kept
+    // as FILE.N, the first free N.
+    struct stat old_trace;
+    if (::lstat(trace_path.c_str(), &old_trace) == 0) {
+      std::string kept;
+      for (int n = 1; n < 100000 && kept.empty(); ++n) {
+        std::string candidate = trace_path + "." + std::to_string(n);
+        struct stat st;
+        if (::lstat(candidate.c_str(), &st) != 0 && errno == ENOENT) kept = candidate;
+      }
+      if (kept.empty() || ::rename(trace_path.c_str(), kept.c_str()) != 0) {
+        return ReportError(core::ErrnoStatus(kept.empty() ? EEXIST : errno,
+                                             "--trace " + trace_path + ": keeping the existing trace"));
+      }
+      std::fprintf(stderr, "blkrep: warning: --trace %s existed; kept it as %s\n", trace_path.c_str(), kept.c_str());
+    }
     std::vector<tracker::TraceVolume> trace_volumes;
     for (const auto& v : volumes) trace_volumes.push_back(tracker::TraceVolume{v.name, v.device->SizeBytes()});
     auto writer = tracker::TraceWriter::Create(trace_path, std::move(trace_volumes));

@@ -124,10 +124,17 @@ TEST(NbdTraceTest, TrackTraceRecordsExactlyTheRequestsQemuIoSent) {
   EXPECT_NE(text.out.find("8 records"), std::string::npos) << text.out;
   EXPECT_NE(text.out.find("write-zeroes"), std::string::npos) << text.out;
 
-  // A restarted tracker with the same --trace starts a new trace.
+  // A restarted tracker with the same --trace starts a new trace and keeps
+  // the one it recorded before as FILE.1, then FILE.2.
   ASSERT_TRUE(tracker.Start());
   ASSERT_EQ(tracker.Stop(SIGINT), 0) << tracker.process().err();
+  EXPECT_NE(tracker.process().err().find("kept it as " + trace + ".1"), std::string::npos) << tracker.process().err();
   EXPECT_EQ(InspectTrace(dir, trace).value("record_count", -1), 0);
+  EXPECT_EQ(InspectTrace(dir, trace + ".1").value("record_count", -1), 8);
+  ASSERT_TRUE(tracker.Start());
+  ASSERT_EQ(tracker.Stop(SIGINT), 0) << tracker.process().err();
+  EXPECT_EQ(InspectTrace(dir, trace + ".1").value("record_count", -1), 8);
+  EXPECT_EQ(InspectTrace(dir, trace + ".2").value("record_count", -1), 0);
 }
 
 TEST(NbdTraceTest, InspectRefusesADamagedTraceAndBadArguments) {
