@@ -27,7 +27,7 @@
 // bench tracks and writes PATH itself: its content is lost.
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -117,20 +117,25 @@ std::string FirstLine(const std::string& text) {
   return line.size() > 300 ? line.substr(0, 300) + "..." : line;
 }
 
-bool OnPath(const std::string& name) {
+// The executable `name` names: itself if it holds a '/', else the first
+// executable of that name on $PATH (as execvp would find it).
+Result<std::string> FindProgram(const std::string& name) {
+  if (name.find('/') != std::string::npos) return name;
   const char* path = std::getenv("PATH");
-  if (path == nullptr) return false;
-  std::string p = path;
+  std::string dirs = path != nullptr && *path != '\0' ? path : "/usr/local/bin:/usr/bin:/bin";
   std::size_t start = 0;
-  while (start <= p.size()) {
-    std::size_t end = p.find(':', start);
-    if (end == std::string::npos) end = p.size();
-    std::string dir = p.substr(start, end - start);
-    if (!dir.empty() && ::access((dir + "/" + name).c_str(), X_OK) == 0) return true;
+  while (start <= dirs.size()) {
+    std::size_t end = dirs.find(':', start);
+    if (end == std::string::npos) end = dirs.size();
+    std::string dir = dirs.substr(start, end - start);
+    std::string candidate = (dir.empty() ? "." : dir) + "/" + name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
     start = end + 1;
   }
-  return false;
+  return core::ErrnoStatus(ENOENT, "start " + name + ": not found on PATH");
 }
+
+bool OnPath(const std::string& name) { return FindProgram(name).ok(); }
 
 // --- progress on a terminal ------------------------------------------------
 
@@ -189,27 +194,54 @@ class Processes {
   Processes(const Processes&) = delete;
   Processes& operator=(const Processes&) = delete;
 
+  // Children get their own process group (a Ctrl-C reaches the bench,
+  // which then stops them in order, the tracker last) and SIGTERM when the
+  // bench dies without stopping them (SIGKILL, a crash): no tracker or
+  // qemu-nbd outlives it.
   Result<pid_t> Start(const std::vector<std::string>& argv, const std::string& name) {
-    std::string out = log_dir_ + "/" + name + ".out", err = log_dir_ + "/" + name + ".err";
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    // Children get their own process group: a Ctrl-C reaches the bench,
-    // which then stops them in order (the tracker last).
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
-    posix_spawnattr_setpgroup(&attr, 0);
+    const std::string out = log_dir_ + "/" + name + ".out", err = log_dir_ + "/" + name + ".err";
+    BLKREP_ASSIGN_OR_RETURN(std::string program, FindProgram(argv[0]));
+    // Everything the child needs is made before fork: after it, only
+    // async-signal-safe calls.
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
-    pid_t pid = 0;
-    int rc = posix_spawnp(&pid, argv[0].c_str(), &actions, &attr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    posix_spawnattr_destroy(&attr);
-    if (rc != 0) return core::ErrnoStatus(rc, "start " + argv[0]);
+    int exec_error[2];
+    if (::pipe2(exec_error, O_CLOEXEC) != 0) return core::ErrnoStatus(errno, "pipe");
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+      const int e = errno;
+      ::close(exec_error[0]);
+      ::close(exec_error[1]);
+      return core::ErrnoStatus(e, "fork for " + argv[0]);
+    }
+    if (pid == 0) {
+      ::close(exec_error[0]);
+      ::setpgid(0, 0);
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (::getppid() != parent) ::_exit(127);  // the bench died before prctl
+      int in = ::open("/dev/null", O_RDONLY);
+      int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      if (in >= 0 && o >= 0 && e >= 0 && ::dup2(in, 0) == 0 && ::dup2(o, 1) == 1 && ::dup2(e, 2) == 2) {
+        ::execve(program.c_str(), args.data(), environ);
+      }
+      const int code = errno;
+      (void)!::write(exec_error[1], &code, sizeof code);
+      ::_exit(127);
+    }
+    ::close(exec_error[1]);
+    int code = 0;
+    ssize_t n;
+    do n = ::read(exec_error[0], &code, sizeof code);
+    while (n < 0 && errno == EINTR);
+    ::close(exec_error[0]);
+    if (n == static_cast<ssize_t>(sizeof code)) {
+      int status = 0;
+      ::waitpid(pid, &status, 0);
+      return core::ErrnoStatus(code, "start " + argv[0]);
+    }
     running_[pid] = name;
     return pid;
   }
@@ -345,8 +377,20 @@ Result<Options> ParseOptions(const std::vector<std::string>& argv) {
   if (args.Value("size") && args.Value("volume")) {
     return Status::InvalidArgument("bench: --size and --volume exclude each other");
   }
-  if (args.Value("replay") && (args.Value("size") || args.Value("volume") || args.Value("dirty"))) {
-    return Status::InvalidArgument("bench: --replay takes its volumes from the trace (no --size, --volume, --dirty)");
+  if (args.Value("replay")) {
+    // The trace says where, how much and when: the synthetic workload's
+    // knobs would be ignored, so they are refused.
+    for (const char* flag : {"size", "volume", "dirty", "write-size", "skew", "duration", "damage"}) {
+      if (args.Value(flag)) {
+        return Status::InvalidArgument(std::string("bench: --replay takes its volumes and writes from the trace: --") +
+                                       flag + " does not apply (replay knobs: --block-size, --compressibility, "
+                                       "--zero-fraction, --zstd-level, --seed, --speed, --cycle-every)");
+      }
+    }
+    if (args.Flag("allow-writes") || args.Flag("no-peers")) {
+      return Status::InvalidArgument(std::string("bench: --") + (args.Flag("allow-writes") ? "allow-writes" : "no-peers") +
+                                     " does not apply to --replay (it uses scratch volumes and no peers)");
+    }
   }
   if (auto v = args.Value("size")) {
     auto s = core::ParseSize(*v);
@@ -430,6 +474,10 @@ Result<Options> ParseOptions(const std::vector<std::string>& argv) {
   }
   if (auto v = args.Value("cycle-every")) {
     BLKREP_ASSIGN_OR_RETURN(o.cycle_every_s, ParseDuration(*v, "--cycle-every"));
+    // Trace time in whole nanoseconds; more than a year is "once at the end".
+    if (o.cycle_every_s < 1e-3 || o.cycle_every_s > 366.0 * 86400) {
+      return Status::InvalidArgument("--cycle-every: expected from 1ms to 366 days of trace time, got '" + *v + "'");
+    }
   }
   if (!o.size_bytes && o.volume.empty() && o.replay.empty()) o.size_bytes = std::uint64_t{1} << 30;
   return o;
@@ -491,7 +539,8 @@ struct Peer {
 };
 
 struct IncrementalRow {
-  double fraction = 0;
+  double fraction = 0;           // asked for (--dirty)
+  double achieved_fraction = 0;  // dirtied / volume blocks: less when --duration stopped the writes
   std::uint64_t target_blocks = 0;
   std::uint64_t dirtied_blocks = 0;  // by the generator's own count
   WriteStats workload;
@@ -599,6 +648,12 @@ class Bench {
     return m;
   }
   void Fail(const std::string& what) { failures_.push_back(what); }
+  // A replay cycle's traced blocks over all the trace's volumes' blocks.
+  double ReplayFraction(const ReplayCycle& c) const {
+    std::uint64_t blocks = 0;
+    for (const auto& v : replay_volumes_) blocks += v.second / o_.block_bytes;
+    return blocks > 0 ? static_cast<double>(c.traced_blocks) / static_cast<double>(blocks) : 0;
+  }
 
   Status PrepareVolume();
   Status WaitForSocket(pid_t pid, const std::string& socket, const std::string& name);
@@ -644,6 +699,7 @@ class Bench {
   std::vector<std::pair<std::string, std::uint64_t>> replay_volumes_;
   std::uint64_t replay_records_ = 0;
   std::string replay_torn_;
+  std::uint64_t replay_quiet_intervals_ = 0;  // --cycle-every intervals without a record: no cycle run
   std::vector<std::string> failures_;
   double started_ = Now();
   double elapsed_ = 0;
@@ -1030,6 +1086,7 @@ Status Bench::Incremental(std::size_t i) {
         o_.duration_s, &row.workload));
   }
   row.dirtied_blocks = set.count();
+  row.achieved_fraction = static_cast<double>(row.dirtied_blocks) / static_cast<double>(blocks);
   progress_.Done(std::to_string(row.dirtied_blocks) + " blocks dirtied by " + std::to_string(row.workload.writes) +
                  " writes");
   std::string name = "incremental-" + std::to_string(i + 1);
@@ -1137,6 +1194,10 @@ Status Bench::Replay() {
   }
   replay_records_ = trace->records.size();
   replay_torn_ = trace->torn_tail;
+  if (trace->records.empty()) {
+    return Status::InvalidArgument("--replay " + o_.replay + ": the trace holds no records (nothing to replay)" +
+                                   (trace->torn_tail.empty() ? "" : "; torn tail: " + trace->torn_tail));
+  }
   progress_.Done(std::to_string(trace->records.size()) + " records, " + std::to_string(trace->volumes.size()) +
                  " volume(s)");
   state_ = work_ + "/state";
@@ -1240,10 +1301,19 @@ Status Bench::Replay() {
   for (std::size_t i = 0; i < trace->records.size(); ++i) {
     BLKREP_RETURN_IF_ERROR(CheckInterrupted());
     const tracker::TraceRecord& r = trace->records[i];
-    while (r.time_ns >= next_cycle_ns) {
-      BLKREP_RETURN_IF_ERROR(run_cycle(next_cycle_ns));
-      next_cycle_ns += cycle_ns;
-      progress_.Phase("replay: playing");
+    if (r.time_ns >= next_cycle_ns) {
+      // A cycle at every interval boundary the trace passed that had
+      // records; quiet intervals are counted, not run (nothing to send).
+      if (since_cycle > 0) {
+        BLKREP_RETURN_IF_ERROR(run_cycle(next_cycle_ns));
+        next_cycle_ns = next_cycle_ns > ~std::uint64_t{0} - cycle_ns ? ~std::uint64_t{0} : next_cycle_ns + cycle_ns;
+        progress_.Phase("replay: playing");
+      }
+      if (r.time_ns >= next_cycle_ns) {
+        const std::uint64_t quiet = (r.time_ns - next_cycle_ns) / cycle_ns + 1;
+        replay_quiet_intervals_ += quiet;
+        next_cycle_ns += quiet * cycle_ns;  // past r.time_ns, which is below 2^64
+      }
     }
     if (o_.speed > 0) {
       const double due = wall_t0 + static_cast<double>(r.time_ns) / 1e9 / o_.speed;
@@ -1327,6 +1397,7 @@ std::string Bench::Json() const {
     w.Key("cycle_every_seconds");
     if (o_.cycle_every_s > 0) w.Double(o_.cycle_every_s);
     else w.Null();
+    w.Key("quiet_intervals").Uint(replay_quiet_intervals_);
     w.Key("volumes").BeginArray();
     for (const auto& [name, size] : replay_volumes_) w.BeginObject().Key("name").String(name).Key("size_bytes").Uint(size).EndObject();
     w.EndArray();
@@ -1338,6 +1409,7 @@ std::string Bench::Json() const {
       w.BeginObject();
       w.Key("trace_time_seconds").Double(c.trace_time_s).Key("records").Uint(c.records);
       w.Key("play_seconds").Double(c.play_seconds).Key("traced_blocks").Uint(c.traced_blocks);
+      w.Key("dirty_fraction").Double(ReplayFraction(c));
       w.Key("journal_dirty_blocks");
       if (c.journal_dirty_blocks) w.Uint(*c.journal_dirty_blocks);
       else w.Null();
@@ -1378,7 +1450,8 @@ std::string Bench::Json() const {
     w.Key("incremental").BeginArray();
     for (const auto& r : incremental_) {
       w.BeginObject();
-      w.Key("dirty_fraction").Double(r.fraction).Key("target_blocks").Uint(r.target_blocks);
+      w.Key("dirty_fraction").Double(r.fraction).Key("achieved_dirty_fraction").Double(r.achieved_fraction);
+      w.Key("target_blocks").Uint(r.target_blocks);
       w.Key("dirtied_blocks").Uint(r.dirtied_blocks);
       w.Key("workload").BeginObject();
       WriteWriteStats(w, r.workload);
@@ -1460,7 +1533,10 @@ std::string Bench::Table() const {
     rows.push_back({"full sync: throughput", Fmt("%.1f", Ratio(vol_mb, full_.seconds)), "MB/s", "", "", ""});
     rows.push_back({"full sync: wire", bytes(full_.bytes_sent), "", "", "", ""});
     for (const auto& r : incremental_) {
+      // A row --duration cut short is named by what it dirtied, not by what
+      // it asked for.
       std::string n = "incremental " + Fmt("%g", r.fraction * 100) + "%";
+      if (r.workload.capped) n += " (capped: " + Fmt("%.3g", r.achieved_fraction * 100) + "%)";
       const bool peer = !r.rsync.skipped;
       rows.push_back({n + ": cycle time", Fmt("%.3f", r.cycle.seconds), "s", "rsync",
                       peer ? Fmt("%.3f", r.rsync.seconds) : "skipped", peer ? ratio(r.cycle.seconds, r.rsync.seconds) : "-"});
@@ -1526,8 +1602,32 @@ std::string Bench::Table() const {
     const std::string* f[6] = {&r.what, &r.value, &r.unit, &r.peer, &r.peer_value, &r.ratio};
     emit(f);
   }
-  out += "\nratio = blkrep / peer (time: below 1 is faster; MB/s and IOPS: above 1 is faster; wire: below 1 is less)\n";
+  if (o_.replay.empty()) {
+    out += "\nratio = blkrep / peer (time: below 1 is faster; MB/s and IOPS: above 1 is faster; wire: below 1 is less)\n";
+  } else {
+    out += "\n";
+    if (!replay_torn_.empty()) out += "torn tail (the tracker stopped while writing; not replayed): " + replay_torn_ + "\n";
+    if (replay_quiet_intervals_ > 0) {
+      out += std::to_string(replay_quiet_intervals_) + " --cycle-every interval(s) without a record: no cycle run\n";
+    }
+  }
   if (qemu_.skipped && o_.replay.empty()) out += "qemu-nbd skipped: " + *qemu_.skipped + "\n";
+  if (o_.replay.empty()) {
+    for (auto [name, p] : {std::pair<const char*, const Peer*>{"direct pwrite", &direct_}, {"blkrep's NBD", &blkrep_},
+                           {"qemu-nbd", &qemu_}}) {
+      if (p->skipped || !p->writes.capped) continue;
+      out += std::string("note: the overhead writes to ") + name + " stopped at --duration after " +
+             core::FormatSize(p->writes.bytes) + " of " + core::FormatSize(overhead_goal_bytes_) +
+             ": its rates are over fewer bytes than a side that reached the goal\n";
+    }
+    for (const auto& r : incremental_) {
+      if (!r.workload.capped) continue;
+      out += "note: incremental " + Fmt("%g", r.fraction * 100) + "% stopped at --duration with " +
+             std::to_string(r.dirtied_blocks) + " of " + std::to_string(r.target_blocks) +
+             " blocks dirty; its row (and chart point) is at the " + Fmt("%.3g", r.achieved_fraction * 100) +
+             "% it reached\n";
+    }
+  }
   if (failures_.empty()) {
     out += "checks: ok (wire bytes match the receiver's count; the journal and every cycle saw exactly the blocks written)\n";
   } else {
@@ -1540,16 +1640,38 @@ std::string Bench::Svg() const {
   std::vector<bench::ChartSeries> series(2);
   series[0].name = "blkrep";
   series[1].name = "rsync";
+  if (!o_.replay.empty()) {
+    // Each replay cycle at the fraction of the blocks it found dirty; no
+    // peer replays a trace.
+    series.resize(1);
+    series[0].name = "blkrep (replay cycles)";
+    for (const auto& c : replay_) {
+      series[0].points.push_back({ReplayFraction(c), c.cycle.seconds,
+                                  static_cast<double>(c.cycle.bytes_sent + c.cycle.bytes_received)});
+    }
+    char subtitle[512];
+    std::snprintf(subtitle, sizeof subtitle, "trace %s: %llu records, %s blocks, %s, %u%% compressible, seed %llu, %s",
+                  o_.replay.c_str(), static_cast<unsigned long long>(replay_records_),
+                  core::FormatSize(o_.block_bytes).c_str(),
+                  o_.cycle_every_s > 0 ? ("a cycle every " + Fmt("%g", o_.cycle_every_s) + " s of trace time").c_str()
+                                       : "one cycle at the end",
+                  o_.compressibility_pct, static_cast<unsigned long long>(o_.seed), NowIso().c_str());
+    return bench::RenderCycleChart("blkrep bench --replay: cycles against the dirty fraction", subtitle, series);
+  }
   for (const auto& r : incremental_) {
-    series[0].points.push_back({r.fraction, r.cycle.seconds,
+    series[0].points.push_back({r.achieved_fraction, r.cycle.seconds,
                                 static_cast<double>(r.cycle.bytes_sent + r.cycle.bytes_received)});
-    bench::ChartPoint p{r.fraction, std::nullopt, std::nullopt};
+    bench::ChartPoint p{r.achieved_fraction, std::nullopt, std::nullopt};
     if (!r.rsync.skipped) {
       p.seconds = r.rsync.seconds;
       p.wire_bytes = static_cast<double>(r.rsync.bytes_sent + r.rsync.bytes_received);
     }
     series[1].points.push_back(p);
   }
+  // A skipped rsync has no points and no place in the legend.
+  const bool rsync_measured = std::any_of(series[1].points.begin(), series[1].points.end(),
+                                          [](const bench::ChartPoint& p) { return p.seconds.has_value(); });
+  if (!rsync_measured) series.resize(1);
   char subtitle[256];
   std::snprintf(subtitle, sizeof subtitle, "%s volume, %s blocks, writes %s, skew %s, %u%% compressible, seed %llu, %s",
                 core::FormatSize(volume_bytes_).c_str(), core::FormatSize(o_.block_bytes).c_str(),

@@ -23,6 +23,7 @@
 #include "tests/core/temp_dir.h"
 #include "tests/tools/cli_test_util.h"
 #include "tools/bench_chart.h"
+#include "tracker/trace.h"
 
 extern char** environ;
 
@@ -62,8 +63,14 @@ void ExpectCycleConsistent(const json& c, const std::string& what) {
                 c["kept_blocks"].get<std::uint64_t>());
 }
 
-// Python that parses an SVG and prints "panel series x y" per point.
-std::string SvgPoints(const TempDir& dir, const std::string& svg_path) {
+// Python that parses an SVG and prints "panel series x y" per point; the
+// chart's text must hold every word of `words` and none of `absent`.
+std::string SvgPoints(const TempDir& dir, const std::string& svg_path,
+                      const std::vector<std::string>& words = {"blkrep", "rsync"},
+                      const std::vector<std::string>& absent = {}) {
+  std::string word_list, absent_list;
+  for (const auto& w : words) word_list += "'" + w + "', ";
+  for (const auto& w : absent) absent_list += "'" + w + "', ";
   std::string script = dir.path() + "/points.py";
   std::ofstream(script) << "import sys, xml.etree.ElementTree as ET\n"
                            "root = ET.parse(sys.argv[1]).getroot()\n"
@@ -71,8 +78,10 @@ std::string SvgPoints(const TempDir& dir, const std::string& svg_path) {
                            "assert root.tag == ns + 'svg', root.tag\n"
                            "assert root.find(ns + 'title') is not None\n"
                            "texts = ' '.join(t.text or '' for t in root.iter(ns + 'text'))\n"
-                           "for word in ('Cycle time', 'Bytes on the wire', 'dirty fraction', 'blkrep', 'rsync'):\n"
+                           "for word in ('Cycle time', 'Bytes on the wire', 'dirty fraction', " + word_list + "):\n"
                            "    assert word in texts, word\n"
+                           "for word in (" + absent_list + "):\n"
+                           "    assert word not in texts, word\n"
                            "assert len(list(root.iter(ns + 'line'))) >= 8\n"
                            "for c in root.iter(ns + 'circle'):\n"
                            "    print(c.get('data-panel'), c.get('data-series'), c.get('data-x'), c.get('data-y'))\n";
@@ -149,6 +158,7 @@ TEST(BenchTest, EndToEndJsonIsCompleteAndSelfConsistent) {
     EXPECT_EQ(row["cycle"]["mode"], "incremental");
     const auto dirtied = row["dirtied_blocks"].get<std::uint64_t>();
     EXPECT_GE(dirtied, row["target_blocks"].get<std::uint64_t>());
+    EXPECT_DOUBLE_EQ(row["achieved_dirty_fraction"].get<double>(), static_cast<double>(dirtied) / 128);
     EXPECT_GT(dirtied, previous);
     previous = dirtied;
     EXPECT_EQ(row["journal_dirty_blocks"].get<std::uint64_t>(), dirtied);
@@ -180,11 +190,12 @@ TEST(BenchTest, EndToEndJsonIsCompleteAndSelfConsistent) {
   EXPECT_TRUE(std::filesystem::is_empty(dir.path() + "/scratch"));
   EXPECT_TRUE(ProcessesMentioning(dir.path() + "/scratch").empty());
 
-  // The chart holds the values of the report.
-  std::string points = SvgPoints(dir, svg);
+  // The chart holds the values of the report (rsync only where measured).
+  const bool rsync_ran = inc[0]["rsync"]["skipped"].is_null();
+  std::string points = rsync_ran ? SvgPoints(dir, svg) : SvgPoints(dir, svg, {"blkrep"}, {"rsync"});
   for (const json& row : inc) {
     char x[64];
-    std::snprintf(x, sizeof x, "%.15g", row["dirty_fraction"].get<double>());
+    std::snprintf(x, sizeof x, "%.15g", row["achieved_dirty_fraction"].get<double>());
     const auto wire = row["cycle"]["wire_bytes"].get<std::uint64_t>();
     EXPECT_TRUE(Contains(points, "wire_bytes blkrep " + std::string(x) + " " + std::to_string(wire))) << points;
     EXPECT_TRUE(Contains(points, "seconds blkrep " + std::string(x) + " ")) << points;
@@ -284,6 +295,13 @@ TEST(BenchTest, BadFlagsExitTwoWithOneLine) {
       {"bench", "--speed", "2"},
       {"bench", "--replay", dir.path() + "/no-such-trace"},
       {"bench", "--replay", "t", "--size", "16M"},
+      {"bench", "--replay", "t", "--write-size", "8K"},
+      {"bench", "--replay", "t", "--skew", "1.2"},
+      {"bench", "--replay", "t", "--duration", "5"},
+      {"bench", "--replay", "t", "--damage", "0.1"},
+      {"bench", "--replay", "t", "--no-peers"},
+      {"bench", "--replay", "t", "--cycle-every", "0.0001"},
+      {"bench", "--replay", "t", "--cycle-every", "9000h"},
       {"bench", "--bogus"},
       {"bench", "extra"},
   };
@@ -324,6 +342,36 @@ TEST(BenchTest, InterruptStopsEveryProcessAndRemovesTheScratchDirectory) {
   EXPECT_TRUE(Contains(r.err, "interrupted by SIGINT")) << r.err;
   EXPECT_TRUE(std::filesystem::is_empty(scratch));
   EXPECT_TRUE(ProcessesMentioning(scratch).empty());
+}
+
+// A bench killed outright cannot stop its processes itself: they get
+// SIGTERM from the kernel (PR_SET_PDEATHSIG) and stop on their own.
+TEST(BenchTest, AKilledBenchLeavesNoProcessBehind) {
+  TempDir dir;
+  const std::string scratch = dir.path() + "/scratch";
+  std::filesystem::create_directory(scratch);
+  std::vector<std::string> args = {Binary(), "bench", "--size", "8M", "--duration", "30", "--dirty", "0.9",
+                                   "--skew", "5", "--no-peers", "--dir", scratch};
+  pid_t pid = Spawn(dir, args, "killed");
+  ASSERT_GT(pid, 0);
+  bool started = false;
+  for (int i = 0; i < 3000 && !started; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    for (const auto& d : std::filesystem::directory_iterator(scratch)) {
+      if (std::filesystem::exists(d.path() / "nbd.sock")) started = true;
+    }
+  }
+  ASSERT_TRUE(started);
+  EXPECT_FALSE(ProcessesMentioning(scratch).empty());  // the run's tracker
+  ::kill(pid, SIGKILL);
+  RunResult r = Wait(dir, pid, "killed");
+  EXPECT_EQ(r.exit_status, 128 + SIGKILL);
+  std::vector<std::string> left = ProcessesMentioning(scratch);
+  for (int i = 0; i < 600 && !left.empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    left = ProcessesMentioning(scratch);
+  }
+  EXPECT_TRUE(left.empty()) << left.front();
 }
 
 bool OnPath(const std::string& program) {
@@ -402,6 +450,171 @@ TEST(BenchTest, AReplayedTraceMarksAndSendsExactlyTheTracedBlocks) {
   ASSERT_FALSE(now.is_discarded());
   EXPECT_EQ(now["targets"][0]["dirty_blocks"].get<std::uint64_t>(), 0u) << now.dump();
   EXPECT_TRUE(ProcessesMentioning(kept).empty());
+}
+
+// Writes `trace` (one 8 MiB volume "disk0") with records at the given times.
+std::string WriteTrace(const TempDir& dir, const std::string& name, const std::vector<tracker::TraceRecord>& records) {
+  tracker::Trace trace;
+  trace.volumes = {{"disk0", 8u << 20}};
+  trace.records = records;
+  auto bytes = tracker::EncodeTrace(trace);
+  EXPECT_TRUE(bytes.ok()) << bytes.status().ToString();
+  const std::string path = dir.path() + "/" + name;
+  std::ofstream out(path, std::ios::binary);
+  if (bytes.ok()) out.write(reinterpret_cast<const char*>(bytes->data()), static_cast<std::streamsize>(bytes->size()));
+  return path;
+}
+
+constexpr std::uint64_t kMs = 1'000'000;
+
+// --cycle-every runs a cycle at each boundary of trace time that had
+// records (each sending exactly the blocks traced since the last), skips
+// quiet intervals, and charts the cycles; a torn tail is named in the table.
+TEST(BenchTest, ReplayCyclesEveryIntervalOfTraceTime) {
+  TempDir dir;
+  std::filesystem::create_directory(dir.path() + "/scratch");
+  using tracker::TraceOp;
+  // 64 KiB blocks: 0-1 and 2 (zeroes) before 1 s; 5 before 2 s; nothing from
+  // 2 s to 3 s; 0 and 7 (trim) at 3.7 s.
+  const std::string trace = WriteTrace(dir, "cycles.trace",
+                                       {{100 * kMs, 0, 128 << 10, 0, TraceOp::kWrite},
+                                        {200 * kMs, 2 << 16, 4096, 0, TraceOp::kWriteZeroes},
+                                        {1500 * kMs, 5 << 16, 512, 0, TraceOp::kWrite},
+                                        {3700 * kMs, 0, 4096, 0, TraceOp::kWrite},
+                                        {3700 * kMs, 7 << 16, 65536, 0, TraceOp::kTrim}});
+  const std::string svg = dir.path() + "/replay.svg";
+  RunResult r = Blkrep(dir, {"bench", "--replay", trace, "--cycle-every", "1s", "--json", "--svg", svg, "--dir",
+                             dir.path() + "/scratch"});
+  ASSERT_EQ(r.exit_status, 0) << r.err << r.out;
+  json doc = json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(doc.is_discarded()) << r.out;
+  EXPECT_TRUE(doc["checks"]["ok"].get<bool>()) << doc["checks"].dump();
+  const json& replay = doc["replay"];
+  EXPECT_EQ(replay["records"].get<std::uint64_t>(), 5u);
+  EXPECT_EQ(replay["quiet_intervals"].get<std::uint64_t>(), 1u);
+  EXPECT_TRUE(replay["torn_tail"].is_null());
+  const json& cycles = replay["cycles"];
+  ASSERT_EQ(cycles.size(), 3u) << cycles.dump();
+  const std::uint64_t blocks[3] = {3, 1, 2};
+  const double at[3] = {1.0, 2.0, 3.7};
+  const std::uint64_t records[3] = {2, 1, 2};
+  for (std::size_t i = 0; i < 3; ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_DOUBLE_EQ(cycles[i]["trace_time_seconds"].get<double>(), at[i]);
+    EXPECT_EQ(cycles[i]["records"].get<std::uint64_t>(), records[i]);
+    EXPECT_EQ(cycles[i]["traced_blocks"].get<std::uint64_t>(), blocks[i]);
+    EXPECT_EQ(cycles[i]["journal_dirty_blocks"].get<std::uint64_t>(), blocks[i]);
+    EXPECT_TRUE(cycles[i]["journal_matches_trace"].get<bool>());
+    ExpectCycleConsistent(cycles[i]["cycle"], "replay cycle");
+    EXPECT_EQ(cycles[i]["cycle"]["blocks_sent"].get<std::uint64_t>(), blocks[i]);
+    EXPECT_DOUBLE_EQ(cycles[i]["dirty_fraction"].get<double>(), static_cast<double>(blocks[i]) / 128);
+  }
+  // The chart: one blkrep point per cycle at its dirty fraction, no rsync.
+  std::string points = SvgPoints(dir, svg, {"blkrep"}, {"rsync"});
+  for (std::size_t i = 0; i < 3; ++i) {
+    char x[64];
+    std::snprintf(x, sizeof x, "%.15g", static_cast<double>(blocks[i]) / 128);
+    EXPECT_TRUE(Contains(points, "wire_bytes blkrep (replay cycles) " + std::string(x) + " " +
+                                     std::to_string(cycles[i]["cycle"]["wire_bytes"].get<std::uint64_t>())))
+        << points;
+  }
+  EXPECT_EQ(std::count(points.begin(), points.end(), '\n'), 6) << points;
+
+  // The same records in batches of two, cut inside the last batch (a
+  // tracker killed while writing): the table names the torn tail.
+  tracker::Trace two;
+  two.volumes = {{"disk0", 8u << 20}};
+  auto whole = tracker::ReadTrace(trace);
+  ASSERT_TRUE(whole.ok()) << whole.status().ToString();
+  two.records = whole->records;
+  auto encoded = tracker::EncodeTrace(two, 2);
+  ASSERT_TRUE(encoded.ok());
+  const std::string torn = dir.path() + "/torn.trace";
+  std::ofstream(torn, std::ios::binary)
+      .write(reinterpret_cast<const char*>(encoded->data()), static_cast<std::streamsize>(encoded->size() - 10));
+  RunResult t = Blkrep(dir, {"bench", "--replay", torn, "--dir", dir.path() + "/scratch"});
+  EXPECT_EQ(t.exit_status, 0) << t.err << t.out;
+  EXPECT_TRUE(Contains(t.out, "4 records")) << t.out;
+  EXPECT_TRUE(Contains(t.out, "torn tail (the tracker stopped while writing; not replayed): ")) << t.out;
+  EXPECT_TRUE(Contains(t.out, "checks: ok")) << t.out;
+  // Cut inside its only batch: no records, refused.
+  const std::string cut = dir.path() + "/cut.trace";
+  std::ofstream(cut, std::ios::binary) << Slurp(trace).substr(0, Slurp(trace).size() - 10);
+  RunResult c = Blkrep(dir, {"bench", "--replay", cut, "--dir", dir.path() + "/scratch"});
+  EXPECT_EQ(c.exit_status, 2) << c.err << c.out;
+  EXPECT_TRUE(Contains(c.err, "the trace holds no records (nothing to replay); torn tail: ")) << c.err;
+  const std::string empty = WriteTrace(dir, "empty.trace", {});
+  RunResult e = Blkrep(dir, {"bench", "--replay", empty, "--dir", dir.path() + "/scratch"});
+  EXPECT_EQ(e.exit_status, 2) << e.err << e.out;
+  EXPECT_EQ(e.err, "blkrep: error: bench: --replay " + empty +
+                       ": the trace holds no records (nothing to replay)\n");
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path() + "/scratch"));
+}
+
+// Requests in flight are not ordered by NBD: a write and a write-zeroes of
+// the same block, traced in that order, must land in that order on every
+// replay. The replica ends all zeroes, twice.
+TEST(BenchTest, ReplayIsDeterministicForOverlappingRequests) {
+  TempDir dir;
+  std::filesystem::create_directory(dir.path() + "/scratch");
+  std::vector<tracker::TraceRecord> records;
+  for (std::uint64_t i = 0; i < 120; ++i) {
+    records.push_back({i * kMs, i << 16, 65536, 0, tracker::TraceOp::kWrite});
+    records.push_back({i * kMs, i << 16, 65536, 0, tracker::TraceOp::kWriteZeroes});
+  }
+  const std::string trace = WriteTrace(dir, "pairs.trace", records);
+  std::string replicas[2];
+  for (int run = 0; run < 2; ++run) {
+    RunResult r = Blkrep(dir, {"bench", "--replay", trace, "--compressibility", "0", "--json", "--keep", "--dir",
+                               dir.path() + "/scratch"});
+    ASSERT_EQ(r.exit_status, 0) << r.err << r.out;
+    json doc = json::parse(r.out, nullptr, false);
+    ASSERT_FALSE(doc.is_discarded()) << r.out;
+    EXPECT_TRUE(doc["checks"]["ok"].get<bool>()) << doc["checks"].dump();
+    ASSERT_EQ(doc["replay"]["cycles"].size(), 1u);
+    const json& c = doc["replay"]["cycles"][0]["cycle"];
+    EXPECT_EQ(c["blocks_sent"].get<std::uint64_t>(), 120u);
+    EXPECT_EQ(c["zero_blocks"].get<std::uint64_t>(), 120u) << c.dump();
+    const std::string kept = doc["meta"]["scratch_dir"].get<std::string>();
+    replicas[run] = Slurp(kept + "/replicas/bench/disk0.img");
+    std::filesystem::remove_all(kept);
+  }
+  ASSERT_EQ(replicas[0].size(), 8u << 20);
+  EXPECT_TRUE(replicas[0] == replicas[1]) << "two replays of one trace left different replicas";
+  for (int run = 0; run < 2; ++run) {
+    const std::size_t data = replicas[run].find_first_not_of('\0');
+    EXPECT_EQ(data, std::string::npos) << "replay " << run << ": a write landed after its write-zeroes (byte " << data
+                                       << ")";
+  }
+}
+
+// A row that --duration stops before its dirty fraction is named, charted
+// and reported at the fraction it reached, and flagged.
+TEST(BenchTest, ARowCappedByDurationIsReportedAtTheFractionItReached) {
+  TempDir dir;
+  std::filesystem::create_directory(dir.path() + "/scratch");
+  const std::string svg = dir.path() + "/capped.svg";
+  // A Zipf skew of 5 keeps hitting a few regions: 90% is out of reach.
+  RunResult r = Blkrep(dir, {"bench", "--size", "8M", "--dirty", "0.9", "--skew", "5", "--duration", "0.5",
+                             "--no-peers", "--svg", svg, "--dir", dir.path() + "/scratch"});
+  ASSERT_EQ(r.exit_status, 0) << r.err << r.out;
+  EXPECT_TRUE(Contains(r.out, "incremental 90% (capped: ")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "note: incremental 90% stopped at --duration with ")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "checks: ok")) << r.out;
+  std::string points = SvgPoints(dir, svg, {"blkrep"}, {"rsync"});
+  EXPECT_FALSE(Contains(points, " 0.9 ")) << points;
+  RunResult j = Blkrep(dir, {"bench", "--size", "8M", "--dirty", "0.9", "--skew", "5", "--duration", "0.5",
+                             "--no-peers", "--json", "--dir", dir.path() + "/scratch"});
+  ASSERT_EQ(j.exit_status, 0) << j.err;
+  json doc = json::parse(j.out, nullptr, false);
+  ASSERT_FALSE(doc.is_discarded()) << j.out;
+  const json& row = doc["incremental"][0];
+  EXPECT_TRUE(row["workload"]["capped_by_duration"].get<bool>());
+  EXPECT_DOUBLE_EQ(row["dirty_fraction"].get<double>(), 0.9);
+  const auto dirtied = row["dirtied_blocks"].get<std::uint64_t>();
+  EXPECT_LT(dirtied, row["target_blocks"].get<std::uint64_t>());
+  EXPECT_DOUBLE_EQ(row["achieved_dirty_fraction"].get<double>(), static_cast<double>(dirtied) / 128);
+  EXPECT_EQ(row["cycle"]["blocks_sent"].get<std::uint64_t>(), dirtied);
 }
 
 TEST(BenchChartTest, SvgParsesAndHoldsEverySeriesValue) {
