@@ -76,19 +76,24 @@ std::string FormatFraction(double f) {
 }  // namespace
 
 std::string RenderCycleChart(const std::string& title, const std::string& subtitle,
-                             const std::vector<ChartSeries>& series) {
+                             const std::vector<ChartSeries>& series, ChartX x_axis) {
+  const bool log_x = x_axis == ChartX::kDirtyFraction;
+  auto in_range = [&](double x) { return log_x ? x > 0 : x >= 0; };
   double fmin = 0, fmax = 0;
   bool any = false;
   for (const auto& s : series) {
     for (const auto& p : s.points) {
-      if (!(p.dirty_fraction > 0)) continue;
-      fmin = any ? std::min(fmin, p.dirty_fraction) : p.dirty_fraction;
-      fmax = any ? std::max(fmax, p.dirty_fraction) : p.dirty_fraction;
+      if (!in_range(p.x)) continue;
+      fmin = any ? std::min(fmin, p.x) : p.x;
+      fmax = any ? std::max(fmax, p.x) : p.x;
       any = true;
     }
   }
   if (!any) fmin = 0.001, fmax = 1;
-  const double lx0 = std::log10(fmin) - 0.15, lx1 = std::log10(fmax) + 0.15;
+  // Log: the decades around the points. Linear: 0 to a nice bound.
+  const auto [xmax, xstep] = NiceAxis(fmax);
+  const double lx0 = log_x ? std::log10(fmin) - 0.15 : 0, lx1 = log_x ? std::log10(fmax) + 0.15 : xmax;
+  auto x_label = [&](double x) { return log_x ? FormatFraction(x) : Num(x) + " s"; };
 
   std::string svg;
   svg += "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
@@ -126,7 +131,7 @@ std::string RenderCycleChart(const std::string& title, const std::string& subtit
       }
     }
     auto [ymax, ystep] = NiceAxis(vmax);
-    auto X = [&](double f) { return left + (std::log10(f) - lx0) / (lx1 - lx0) * (right - left); };
+    auto X = [&](double f) { return left + ((log_x ? std::log10(f) : f) - lx0) / (lx1 - lx0) * (right - left); };
     auto Y = [&](double v) { return bottom - v / ymax * (bottom - top); };
     svg += "<g id=\"panel-" + std::string(panel.id) + "\">\n";
     svg += "<text x=\"" + Px((left + right) / 2) + "\" y=\"" + Px(top - 12) +
@@ -138,15 +143,20 @@ std::string RenderCycleChart(const std::string& title, const std::string& subtit
       svg += "<text x=\"" + Px(left - 6) + "\" y=\"" + Px(Y(v) + 4) + "\" text-anchor=\"end\">" +
              Escape(panel.label(v)) + "</text>\n";
     }
-    // X ticks: decades inside the range, and every measured fraction.
+    // X ticks: decades inside the range and every measured fraction (log),
+    // or even steps from 0 (linear).
     std::vector<double> ticks;
-    for (int e = static_cast<int>(std::ceil(lx0)); e <= static_cast<int>(std::floor(lx1)); ++e) {
-      ticks.push_back(std::pow(10, e));
-    }
-    for (const auto& s : series) {
-      for (const auto& p : s.points) {
-        if (p.dirty_fraction > 0) ticks.push_back(p.dirty_fraction);
+    if (log_x) {
+      for (int e = static_cast<int>(std::ceil(lx0)); e <= static_cast<int>(std::floor(lx1)); ++e) {
+        ticks.push_back(std::pow(10, e));
       }
+      for (const auto& s : series) {
+        for (const auto& p : s.points) {
+          if (in_range(p.x)) ticks.push_back(p.x);
+        }
+      }
+    } else {
+      for (double v = 0; v <= xmax + xstep / 2; v += xstep) ticks.push_back(v);
     }
     std::sort(ticks.begin(), ticks.end());
     double last_x = -1e9;
@@ -157,7 +167,7 @@ std::string RenderCycleChart(const std::string& title, const std::string& subtit
       svg += "<line x1=\"" + Px(x) + "\" y1=\"" + Px(bottom) + "\" x2=\"" + Px(x) + "\" y2=\"" + Px(bottom + 5) +
              "\" stroke=\"black\"/>\n";
       svg += "<text x=\"" + Px(x) + "\" y=\"" + Px(bottom + 18) + "\" text-anchor=\"middle\">" +
-             Escape(FormatFraction(f)) + "</text>\n";
+             Escape(x_label(f)) + "</text>\n";
     }
     // Axes and their titles.
     svg += "<line x1=\"" + Px(left) + "\" y1=\"" + Px(bottom) + "\" x2=\"" + Px(right) + "\" y2=\"" + Px(bottom) +
@@ -165,7 +175,9 @@ std::string RenderCycleChart(const std::string& title, const std::string& subtit
     svg += "<line x1=\"" + Px(left) + "\" y1=\"" + Px(top) + "\" x2=\"" + Px(left) + "\" y2=\"" + Px(bottom) +
            "\" stroke=\"black\"/>\n";
     svg += "<text x=\"" + Px((left + right) / 2) + "\" y=\"" + Px(bottom + 38) +
-           "\" text-anchor=\"middle\">dirty fraction of the volume's blocks (log scale)</text>\n";
+           "\" text-anchor=\"middle\">" +
+           (log_x ? "dirty fraction of the volume's blocks (log scale)" : "trace time of the cycle (seconds)") +
+           "</text>\n";
     svg += "<text transform=\"translate(" + Px(left - 62) + " " + Px((top + bottom) / 2) +
            ") rotate(-90)\" text-anchor=\"middle\">" + panel.axis + "</text>\n";
     // Series.
@@ -175,8 +187,8 @@ std::string RenderCycleChart(const std::string& title, const std::string& subtit
       std::string points;
       for (const auto& p : s.points) {
         auto v = panel.value(p);
-        if (!v || !(p.dirty_fraction > 0)) continue;
-        points += Px(X(p.dirty_fraction)) + "," + Px(Y(*v)) + " ";
+        if (!v || !in_range(p.x)) continue;
+        points += Px(X(p.x)) + "," + Px(Y(*v)) + " ";
       }
       if (!points.empty()) {
         svg += "<polyline fill=\"none\" stroke=\"" + std::string(color) + "\" stroke-width=\"2\" points=\"" +
@@ -184,11 +196,11 @@ std::string RenderCycleChart(const std::string& title, const std::string& subtit
       }
       for (const auto& p : s.points) {
         auto v = panel.value(p);
-        if (!v || !(p.dirty_fraction > 0)) continue;
-        svg += "<circle cx=\"" + Px(X(p.dirty_fraction)) + "\" cy=\"" + Px(Y(*v)) + "\" r=\"4\" fill=\"" + color +
-               "\" data-panel=\"" + panel.id + "\" data-series=\"" + Escape(s.name) + "\" data-x=\"" +
-               Num(p.dirty_fraction) + "\" data-y=\"" + Num(*v) + "\"><title>" + Escape(s.name) + ", " +
-               Escape(FormatFraction(p.dirty_fraction)) + " dirty: " + Escape(panel.label(*v)) +
+        if (!v || !in_range(p.x)) continue;
+        svg += "<circle cx=\"" + Px(X(p.x)) + "\" cy=\"" + Px(Y(*v)) + "\" r=\"4\" fill=\"" + color +
+               "\" data-panel=\"" + panel.id + "\" data-series=\"" + Escape(s.name) + "\" data-x=\"" + Num(p.x) +
+               "\" data-y=\"" + Num(*v) + "\"><title>" + Escape(s.name) + ", " +
+               Escape(log_x ? x_label(p.x) + " dirty" : "at " + x_label(p.x)) + ": " + Escape(panel.label(*v)) +
                "</title></circle>\n";
       }
     }

@@ -1641,12 +1641,12 @@ std::string Bench::Svg() const {
   series[0].name = "blkrep";
   series[1].name = "rsync";
   if (!o_.replay.empty()) {
-    // Each replay cycle at the fraction of the blocks it found dirty; no
-    // peer replays a trace.
+    // Each replay cycle at its trace time (a day's churn reads as a day);
+    // no peer replays a trace.
     series.resize(1);
     series[0].name = "blkrep (replay cycles)";
     for (const auto& c : replay_) {
-      series[0].points.push_back({ReplayFraction(c), c.cycle.seconds,
+      series[0].points.push_back({c.trace_time_s, c.cycle.seconds,
                                   static_cast<double>(c.cycle.bytes_sent + c.cycle.bytes_received)});
     }
     char subtitle[512];
@@ -1656,7 +1656,8 @@ std::string Bench::Svg() const {
                   o_.cycle_every_s > 0 ? ("a cycle every " + Fmt("%g", o_.cycle_every_s) + " s of trace time").c_str()
                                        : "one cycle at the end",
                   o_.compressibility_pct, static_cast<unsigned long long>(o_.seed), NowIso().c_str());
-    return bench::RenderCycleChart("blkrep bench --replay: cycles against the dirty fraction", subtitle, series);
+    return bench::RenderCycleChart("blkrep bench --replay: each cycle over the trace's time", subtitle, series,
+                                   bench::ChartX::kTraceSeconds);
   }
   for (const auto& r : incremental_) {
     series[0].points.push_back({r.achieved_fraction, r.cycle.seconds,

@@ -66,7 +66,7 @@ void ExpectCycleConsistent(const json& c, const std::string& what) {
 // Python that parses an SVG and prints "panel series x y" per point; the
 // chart's text must hold every word of `words` and none of `absent`.
 std::string SvgPoints(const TempDir& dir, const std::string& svg_path,
-                      const std::vector<std::string>& words = {"blkrep", "rsync"},
+                      const std::vector<std::string>& words = {"dirty fraction", "blkrep", "rsync"},
                       const std::vector<std::string>& absent = {}) {
   std::string word_list, absent_list;
   for (const auto& w : words) word_list += "'" + w + "', ";
@@ -78,7 +78,7 @@ std::string SvgPoints(const TempDir& dir, const std::string& svg_path,
                            "assert root.tag == ns + 'svg', root.tag\n"
                            "assert root.find(ns + 'title') is not None\n"
                            "texts = ' '.join(t.text or '' for t in root.iter(ns + 'text'))\n"
-                           "for word in ('Cycle time', 'Bytes on the wire', 'dirty fraction', " + word_list + "):\n"
+                           "for word in ('Cycle time', 'Bytes on the wire', " + word_list + "):\n"
                            "    assert word in texts, word\n"
                            "for word in (" + absent_list + "):\n"
                            "    assert word not in texts, word\n"
@@ -192,7 +192,7 @@ TEST(BenchTest, EndToEndJsonIsCompleteAndSelfConsistent) {
 
   // The chart holds the values of the report (rsync only where measured).
   const bool rsync_ran = inc[0]["rsync"]["skipped"].is_null();
-  std::string points = rsync_ran ? SvgPoints(dir, svg) : SvgPoints(dir, svg, {"blkrep"}, {"rsync"});
+  std::string points = rsync_ran ? SvgPoints(dir, svg) : SvgPoints(dir, svg, {"dirty fraction", "blkrep"}, {"rsync"});
   for (const json& row : inc) {
     char x[64];
     std::snprintf(x, sizeof x, "%.15g", row["achieved_dirty_fraction"].get<double>());
@@ -509,11 +509,11 @@ TEST(BenchTest, ReplayCyclesEveryIntervalOfTraceTime) {
     EXPECT_EQ(cycles[i]["cycle"]["blocks_sent"].get<std::uint64_t>(), blocks[i]);
     EXPECT_DOUBLE_EQ(cycles[i]["dirty_fraction"].get<double>(), static_cast<double>(blocks[i]) / 128);
   }
-  // The chart: one blkrep point per cycle at its dirty fraction, no rsync.
-  std::string points = SvgPoints(dir, svg, {"blkrep"}, {"rsync"});
+  // The chart: one blkrep point per cycle at its trace time, no rsync.
+  std::string points = SvgPoints(dir, svg, {"trace time", "blkrep"}, {"rsync", "dirty fraction"});
   for (std::size_t i = 0; i < 3; ++i) {
     char x[64];
-    std::snprintf(x, sizeof x, "%.15g", static_cast<double>(blocks[i]) / 128);
+    std::snprintf(x, sizeof x, "%.15g", at[i]);
     EXPECT_TRUE(Contains(points, "wire_bytes blkrep (replay cycles) " + std::string(x) + " " +
                                      std::to_string(cycles[i]["cycle"]["wire_bytes"].get<std::uint64_t>())))
         << points;
@@ -601,7 +601,7 @@ TEST(BenchTest, ARowCappedByDurationIsReportedAtTheFractionItReached) {
   EXPECT_TRUE(Contains(r.out, "incremental 90% (capped: ")) << r.out;
   EXPECT_TRUE(Contains(r.out, "note: incremental 90% stopped at --duration with ")) << r.out;
   EXPECT_TRUE(Contains(r.out, "checks: ok")) << r.out;
-  std::string points = SvgPoints(dir, svg, {"blkrep"}, {"rsync"});
+  std::string points = SvgPoints(dir, svg, {"dirty fraction", "blkrep"}, {"rsync"});
   EXPECT_FALSE(Contains(points, " 0.9 ")) << points;
   RunResult j = Blkrep(dir, {"bench", "--size", "8M", "--dirty", "0.9", "--skew", "5", "--duration", "0.5",
                              "--no-peers", "--json", "--dir", dir.path() + "/scratch"});
@@ -636,6 +636,30 @@ TEST(BenchChartTest, SvgParsesAndHoldsEverySeriesValue) {
   // The missing rsync point is left out, not drawn at 0.
   EXPECT_FALSE(Contains(points, "rsync 0.01")) << points;
   EXPECT_EQ(std::count(points.begin(), points.end(), '\n'), 10);
+}
+
+TEST(BenchChartTest, TraceTimeAxisIsLinearFromZero) {
+  TempDir dir;
+  std::vector<bench::ChartSeries> series(1);
+  series[0].name = "blkrep";
+  series[0].points = {{0, 0.5, 100.0}, {900, 0.75, 2000.0}, {1800, 1.0, 3000.0}, {-1, 9.0, 9.0}};
+  std::string svg = bench::RenderCycleChart("t", "s", series, bench::ChartX::kTraceSeconds);
+  const std::string path = dir.path() + "/time.svg";
+  std::ofstream(path) << svg;
+  std::string points = SvgPoints(dir, path, {"trace time", "blkrep", "1000 s"}, {"dirty fraction", "%"});
+  for (const char* line : {"seconds blkrep 0 0.5", "seconds blkrep 900 0.75", "wire_bytes blkrep 1800 3000"}) {
+    EXPECT_TRUE(Contains(points, line)) << line << "\n" << points;
+  }
+  EXPECT_FALSE(Contains(points, "blkrep -1")) << points;  // a negative time is left out
+  EXPECT_EQ(std::count(points.begin(), points.end(), '\n'), 6);
+  // Evenly spaced: 900 s is halfway between 0 and 1800 s.
+  auto cx = [&](const std::string& x) {
+    const std::string key = "data-panel=\"seconds\" data-series=\"blkrep\" data-x=\"" + x + "\"";
+    std::size_t at = svg.find(key);
+    std::size_t c = svg.rfind("cx=\"", at);
+    return std::stod(svg.substr(c + 4));
+  };
+  EXPECT_NEAR(cx("900") - cx("0"), cx("1800") - cx("900"), 0.2);
 }
 
 }  // namespace
