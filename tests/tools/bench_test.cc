@@ -316,25 +316,33 @@ TEST(BenchTest, BadFlagsExitTwoWithOneLine) {
   }
 }
 
+// Starts a bench that writes for 30 s (a Zipf skew of 5 keeps hitting the
+// same few regions: the incremental phase cannot reach 90% dirty) in
+// `scratch`, and waits until the run's own tracker serves (its socket
+// exists). 0 if it did not come up.
+pid_t StartLongBench(const TempDir& dir, const std::string& scratch, const std::string& tag) {
+  std::filesystem::create_directory(scratch);
+  pid_t pid = Spawn(dir,
+                    {Binary(), "bench", "--size", "8M", "--duration", "30", "--dirty", "0.9", "--skew", "5",
+                     "--no-peers", "--dir", scratch},
+                    tag);
+  if (pid <= 0) return 0;
+  for (int i = 0; i < 3000; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    for (const auto& d : std::filesystem::directory_iterator(scratch)) {
+      if (std::filesystem::exists(d.path() / "nbd.sock")) return pid;
+    }
+  }
+  ::kill(pid, SIGKILL);
+  Wait(dir, pid, tag);
+  return 0;
+}
+
 TEST(BenchTest, InterruptStopsEveryProcessAndRemovesTheScratchDirectory) {
   TempDir dir;
   const std::string scratch = dir.path() + "/scratch";
-  std::filesystem::create_directory(scratch);
-  // A Zipf skew of 5 keeps hitting the same few regions: the incremental
-  // phase cannot reach 90% dirty and writes for its whole --duration.
-  std::vector<std::string> args = {Binary(), "bench", "--size", "8M", "--duration", "30", "--dirty", "0.9",
-                                   "--skew", "5", "--no-peers", "--dir", scratch};
-  pid_t pid = Spawn(dir, args, "interrupted");
-  ASSERT_GT(pid, 0);
-  // Wait until the run's own tracker is up (its socket exists), then SIGINT.
-  bool started = false;
-  for (int i = 0; i < 3000 && !started; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    for (const auto& d : std::filesystem::directory_iterator(scratch)) {
-      if (std::filesystem::exists(d.path() / "nbd.sock")) started = true;
-    }
-  }
-  EXPECT_TRUE(started);
+  pid_t pid = StartLongBench(dir, scratch, "interrupted");
+  ASSERT_GT(pid, 0) << Slurp(dir.path() + "/interrupted.stderr");
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   ::kill(pid, SIGINT);
   RunResult r = Wait(dir, pid, "interrupted");
@@ -349,20 +357,12 @@ TEST(BenchTest, InterruptStopsEveryProcessAndRemovesTheScratchDirectory) {
 TEST(BenchTest, AKilledBenchLeavesNoProcessBehind) {
   TempDir dir;
   const std::string scratch = dir.path() + "/scratch";
-  std::filesystem::create_directory(scratch);
-  std::vector<std::string> args = {Binary(), "bench", "--size", "8M", "--duration", "30", "--dirty", "0.9",
-                                   "--skew", "5", "--no-peers", "--dir", scratch};
-  pid_t pid = Spawn(dir, args, "killed");
-  ASSERT_GT(pid, 0);
-  bool started = false;
-  for (int i = 0; i < 3000 && !started; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    for (const auto& d : std::filesystem::directory_iterator(scratch)) {
-      if (std::filesystem::exists(d.path() / "nbd.sock")) started = true;
-    }
-  }
-  ASSERT_TRUE(started);
-  EXPECT_FALSE(ProcessesMentioning(scratch).empty());  // the run's tracker
+  pid_t pid = StartLongBench(dir, scratch, "killed");
+  ASSERT_GT(pid, 0) << Slurp(dir.path() + "/killed.stderr");
+  std::vector<std::string> before = ProcessesMentioning(scratch);
+  EXPECT_TRUE(std::any_of(before.begin(), before.end(),
+                          [](const std::string& p) { return p.find(" track bench ") != std::string::npos; }))
+      << "the run's tracker is not running";
   ::kill(pid, SIGKILL);
   RunResult r = Wait(dir, pid, "killed");
   EXPECT_EQ(r.exit_status, 128 + SIGKILL);
