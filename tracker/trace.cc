@@ -16,9 +16,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <thread>
 
 #include "core/bytes.h"
 #include "core/hash.h"
@@ -326,6 +328,9 @@ struct TraceWriter::Impl {
   bool closed = false;                 // GUARDED_BY(mu)
   std::uint64_t refused = 0;           // GUARDED_BY(mu)
   std::uint64_t last_batch_ns = 0;     // GUARDED_BY(mu): when the last batch was handed to the file
+  std::condition_variable flush_cv;    // with mu: wakes the flusher at Close
+  std::thread flusher;                 // writes a batch a second old (FlushLoop)
+  std::once_flag join_once;
 
   // Taken while holding mu (never the other way round).
   std::mutex file_mu;
@@ -336,6 +341,7 @@ struct TraceWriter::Impl {
   Status close_status;                 // GUARDED_BY(file_mu)
   std::uint64_t written = 0;           // GUARDED_BY(file_mu)
   std::uint64_t lost = 0;              // GUARDED_BY(file_mu)
+  bool full = false;                   // GUARDED_BY(file_mu): the 4 GiB limit was reached
 
   void NewBatch() {
     batch.clear();
@@ -351,11 +357,14 @@ struct TraceWriter::Impl {
       lost += count;
       return;
     }
-    if (file_offset + bytes.size() > kMaxFileBytes) {
+    if (full || file_offset + bytes.size() > kMaxFileBytes) {
       // A longer trace could not be read back (ReadTrace's limit): stop
-      // here, with everything so far readable.
-      error = Status::ResourceExhausted("trace: reached the 4 GiB limit of a trace file; recording stopped");
-      std::fprintf(stderr, "blkrep: warning: %s\n", error.message().c_str());
+      // here, with everything so far readable. Not a failure of the trace
+      // (Close succeeds); the records after it are counted as dropped.
+      if (!full) {
+        std::fprintf(stderr, "blkrep: warning: trace: reached the 4 GiB limit of a trace file; recording stopped\n");
+      }
+      full = true;
       lost += count;
       return;
     }
@@ -368,6 +377,40 @@ struct TraceWriter::Impl {
     }
     file_offset += bytes.size();
     written += count;
+  }
+
+  std::uint64_t NowNs() const {
+    const auto elapsed = std::chrono::steady_clock::now() - start;
+    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count());
+  }
+
+  // REQUIRES: `lock` holds mu. Hands the buffer to the file as one batch;
+  // returns with mu released (file_mu is taken first: batches stay in order).
+  void HandOff(std::unique_lock<std::mutex>& lock, std::uint64_t now_ns) {
+    last_batch_ns = now_ns;
+    std::vector<std::byte> bytes;
+    bytes.swap(batch);
+    const std::uint32_t count = batch_records;
+    NewBatch();
+    std::unique_lock file_lock(file_mu);
+    lock.unlock();
+    WriteBatch(bytes, count);
+  }
+
+  // The flusher thread: a partial batch a second old goes to the file, so
+  // a guest that goes quiet has its last writes on disk within about a
+  // second, not only when the tracker stops.
+  void FlushLoop() {
+    std::unique_lock lock(mu);
+    while (!closed) {
+      flush_cv.wait_for(lock, std::chrono::milliseconds(200));
+      if (closed) break;
+      const std::uint64_t now = NowNs();
+      if (batch_records > 0 && now - last_batch_ns >= kTraceFlushIntervalNs) {
+        HandOff(lock, now);
+        lock.lock();
+      }
+    }
   }
 };
 
@@ -402,6 +445,8 @@ Result<std::unique_ptr<TraceWriter>> TraceWriter::Create(core::FileSystem& fs, c
   impl->file = std::move(file).value();
   impl->file_offset = header.size();
   impl->NewBatch();
+  Impl* started = impl.get();
+  impl->flusher = std::thread([started] { started->FlushLoop(); });
   return std::unique_ptr<TraceWriter>(new TraceWriter(std::move(impl)));
 }
 
@@ -409,8 +454,7 @@ void TraceWriter::Record(std::uint16_t volume, TraceOp op, std::uint64_t offset_
   Impl& m = *impl_;
   std::unique_lock lock(m.mu);
   if (m.closed) return;
-  const auto elapsed = std::chrono::steady_clock::now() - m.start;
-  std::uint64_t time_ns = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count());
+  std::uint64_t time_ns = m.NowNs();
   if (time_ns < m.last_time_ns) time_ns = m.last_time_ns;
   TraceRecord r{time_ns, offset_bytes, length_bytes, volume, op};
   if (!RecordProblem(r, m.volumes, m.last_time_ns).empty()) {
@@ -423,20 +467,20 @@ void TraceWriter::Record(std::uint16_t volume, TraceOp op, std::uint64_t offset_
   // second after the previous batch: a crash loses at most the records of
   // about a second (or of the idle time before the last record).
   if (++m.batch_records < kTraceWriterBatchRecords && time_ns - m.last_batch_ns < kTraceFlushIntervalNs) return;
-  m.last_batch_ns = time_ns;
-  std::vector<std::byte> full;
-  full.swap(m.batch);
-  const std::uint32_t count = m.batch_records;
-  m.NewBatch();
-  std::unique_lock file_lock(m.file_mu);  // before the buffer is let go: batches stay in order
-  lock.unlock();
-  m.WriteBatch(full, count);
+  m.HandOff(lock, time_ns);
 }
 
 core::Status TraceWriter::Close() {
   Impl& m = *impl_;
+  {
+    std::lock_guard stop(m.mu);
+    m.closed = true;
+  }
+  m.flush_cv.notify_all();
+  std::call_once(m.join_once, [&] {
+    if (m.flusher.joinable()) m.flusher.join();
+  });
   std::unique_lock lock(m.mu);
-  m.closed = true;
   std::vector<std::byte> last;
   last.swap(m.batch);
   const std::uint32_t count = m.batch_records;

@@ -71,7 +71,8 @@ core::Result<Trace> ReadTrace(const std::string& path);
 core::Result<std::vector<std::byte>> EncodeTrace(const Trace& trace, std::uint32_t records_per_batch = kTraceWriterBatchRecords);
 
 
-// A batch is written at the first record this long after the previous one.
+// A partial batch is written this long after the previous batch (by the
+// writer's flusher thread, or by the first record after that long).
 inline constexpr std::uint64_t kTraceFlushIntervalNs = 1'000'000'000;
 
 class TraceWriter {
@@ -88,8 +89,10 @@ class TraceWriter {
   TraceWriter& operator=(const TraceWriter&) = delete;
 
   // Records one request; cheap (appends to a buffer; a full buffer is
-  // written as one batch). Never fails the guest's I/O: a write error stops
-  // the trace and is reported by Close.
+  // written as one batch, and a flusher thread writes a partial one a
+  // second after the previous batch). Never fails the guest's I/O: a write error stops the trace
+  // and is reported by Close; at 4 GiB recording stops (a warning on
+  // stderr, the rest counted as dropped, Close still succeeds).
   void Record(std::uint16_t volume, TraceOp op, std::uint64_t offset_bytes, std::uint32_t length_bytes);
   // Writes the last batch and fsyncs the file. Idempotent: later calls
   // return the first result. Record after Close is ignored.
@@ -98,7 +101,7 @@ class TraceWriter {
   // Records in batches written so far (all recorded ones after a
   // successful Close).
   std::uint64_t records_written() const;
-  // Records not in the file: after a write error, or refused by Record
+  // Records not in the file: after a write error or the 4 GiB limit, or refused by Record
   // (volume index or range outside the header's volumes — a caller's bug).
   std::uint64_t records_dropped() const;
 
