@@ -8,15 +8,21 @@
 // (tracker/trace.h, docs/trace-format.md) from the first request on; the
 // trace is closed after the server has stopped, and a trace that could not
 // be written makes the exit status 1 (the guest's I/O never fails for it).
-// An existing FILE is kept as FILE.N first.
+// The trace is written beside FILE until the tracker serves, then moved to
+// FILE (an earlier trace there kept as FILE.N): a failed start leaves
+// FILE as it was.
+#include <fcntl.h>
 #include <malloc.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -72,6 +78,69 @@ Status ArmJournalFaults(core::FaultInjectingFileSystem& fs, const std::string& s
     return Status::Ok();
   }
   return Status::InvalidArgument("--journal-faults: expected enospc or eio-after:N, got '" + spec + "'");
+}
+
+// Whether `path` holds a trace without a single record (a header only, as
+// a tracker that failed right after starting leaves): nothing to keep.
+bool IsEmptyTrace(const std::string& path, const struct stat& st) {
+  if (st.st_size > 65536) return false;
+  auto trace = tracker::ReadTrace(path);
+  return trace.ok() && trace->records.empty() && trace->torn_tail.empty();
+}
+
+// Moves the trace being written at `temp` to `path`. A regular file already
+// at `path` (an earlier run's trace, or anything else) is kept as PATH.N, N
+// one more than the highest kept so far (so numbers follow the runs' order),
+// never replacing one; an empty trace is simply replaced. Anything else at
+// `path` (a directory, a device, a FIFO) is an error: the trace stays at
+// `temp`.
+Status InstallTrace(const std::string& temp, const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) {
+    if (!S_ISREG(st.st_mode)) {
+      return Status::InvalidArgument("--trace " + path + ": exists and is not a regular file");
+    }
+    if (!IsEmptyTrace(path, st)) {
+      const std::filesystem::path p(path);
+      const std::string dir = p.has_parent_path() ? p.parent_path().string() : ".";
+      const std::string prefix = p.filename().string() + ".";
+      std::uint64_t highest = 0;
+      std::error_code ec;
+      for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+        const std::string name = entry.path().filename().string();
+        if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+        const std::string digits = name.substr(prefix.size());
+        if (digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+        highest = std::max<std::uint64_t>(highest, std::stoull(digits));
+      }
+      std::string kept;
+      for (std::uint64_t n = highest + 1; kept.empty() && n < highest + 100; ++n) {
+        const std::string candidate = path + "." + std::to_string(n);
+        if (::renameat2(AT_FDCWD, path.c_str(), AT_FDCWD, candidate.c_str(), RENAME_NOREPLACE) == 0) {
+          kept = candidate;
+        } else if (errno == EINVAL || errno == ENOSYS) {
+          // A file system without RENAME_NOREPLACE: link, which never
+          // replaces, then unlink.
+          if (::link(path.c_str(), candidate.c_str()) == 0) {
+            ::unlink(path.c_str());
+            kept = candidate;
+          } else if (errno != EEXIST) {
+            return core::ErrnoStatus(errno, "--trace " + path + ": keeping the earlier trace as " + candidate);
+          }
+        } else if (errno != EEXIST) {
+          return core::ErrnoStatus(errno, "--trace " + path + ": keeping the earlier trace as " + candidate);
+        }
+      }
+      if (kept.empty()) return core::ErrnoStatus(EEXIST, "--trace " + path + ": keeping the earlier trace");
+      std::fprintf(stderr, "blkrep: warning: --trace %s existed; kept it as %s\n", path.c_str(), kept.c_str());
+    }
+  } else if (errno != ENOENT) {
+    return core::ErrnoStatus(errno, "--trace " + path);
+  }
+  if (::rename(temp.c_str(), path.c_str()) != 0) return core::ErrnoStatus(errno, "--trace " + path);
+  const std::filesystem::path p(path);
+  (void)core::PosixFileSystemInstance().SyncDir(p.has_parent_path() ? p.parent_path().string() : ".");
+  return Status::Ok();
 }
 
 }  // namespace
@@ -181,28 +250,27 @@ int TrackCommand(const std::vector<std::string>& argv) {
   }
   std::unique_ptr<tracker::TraceWriter> trace;
   const std::string trace_path = args->Value("trace").value_or("");
+  std::string trace_temp;  // until the tracker serves
+  std::string trace_shown = trace_path;  // where the trace is
+  struct RemoveUnlessInstalled {
+    std::string* path;
+    ~RemoveUnlessInstalled() {
+      if (!path->empty()) ::unlink(path->c_str());
+    }
+  } trace_temp_guard{&trace_temp};
   if (args->Value("trace")) {
     if (trace_path.empty()) return ReportError(Status::InvalidArgument("--trace needs a file name"));
-    // A restarted tracker (a service's --trace) must not wipe the trace it
-    // recorded before, nor refuse to serve the guest: the old file is kept
-    // as FILE.N, the first free N.
-    struct stat old_trace;
-    if (::lstat(trace_path.c_str(), &old_trace) == 0) {
-      std::string kept;
-      for (int n = 1; n < 100000 && kept.empty(); ++n) {
-        std::string candidate = trace_path + "." + std::to_string(n);
-        struct stat st;
-        if (::lstat(candidate.c_str(), &st) != 0 && errno == ENOENT) kept = candidate;
-      }
-      if (kept.empty() || ::rename(trace_path.c_str(), kept.c_str()) != 0) {
-        return ReportError(core::ErrnoStatus(kept.empty() ? EEXIST : errno,
-                                             "--trace " + trace_path + ": keeping the existing trace"));
-      }
-      std::fprintf(stderr, "blkrep: warning: --trace %s existed; kept it as %s\n", trace_path.c_str(), kept.c_str());
+    // Written beside FILE until the tracker serves, then moved to FILE (an
+    // older trace there kept as FILE.N first): a start that fails changes
+    // nothing.
+    struct stat existing;
+    if (::stat(trace_path.c_str(), &existing) == 0 && !S_ISREG(existing.st_mode)) {
+      return ReportError(Status::InvalidArgument("--trace " + trace_path + ": exists and is not a regular file"));
     }
+    trace_temp = trace_path + ".starting-" + std::to_string(::getpid());
     std::vector<tracker::TraceVolume> trace_volumes;
     for (const auto& v : volumes) trace_volumes.push_back(tracker::TraceVolume{v.name, v.device->SizeBytes()});
-    auto writer = tracker::TraceWriter::Create(trace_path, std::move(trace_volumes));
+    auto writer = tracker::TraceWriter::Create(trace_temp, std::move(trace_volumes));
     if (!writer.ok()) return ReportError(writer.status().WithContext("--trace " + trace_path));
     trace = std::move(writer).value();
     for (std::size_t i = 0; i < exports.size(); ++i) {
@@ -240,9 +308,33 @@ int TrackCommand(const std::vector<std::string>& argv) {
     }
   });
 
+  auto stop_reaper = [&] {
+    {
+      std::lock_guard lock(reaper_mu);
+      reaper_stop = true;
+    }
+    reaper_cv.notify_all();
+    if (reaper.joinable()) reaper.join();
+  };
+
   tracker::NbdServer server(std::move(exports), server_options);
   Status started = server.Start();
-  if (!started.ok()) return ReportError(started);
+  if (!started.ok()) {
+    stop_reaper();
+    control.Stop();
+    return ReportError(started);
+  }
+  if (trace) {
+    Status installed = InstallTrace(trace_temp, trace_path);
+    if (installed.ok()) {
+      trace_temp.clear();
+    } else {
+      std::fprintf(stderr, "blkrep: warning: %s; tracing to %s instead\n", installed.message().c_str(),
+                   trace_temp.c_str());
+      trace_shown = trace_temp;
+      trace_temp.clear();
+    }
+  }
   std::string names_text;
   for (const auto& v : volumes) names_text += (names_text.empty() ? "" : ", ") + v.name;
   std::fprintf(stderr, "blkrep: tracking %s (%s) on %s%s%s, I/O on %s\n", guest.c_str(), names_text.c_str(),
@@ -254,21 +346,18 @@ int TrackCommand(const std::vector<std::string>& argv) {
 
   server.Shutdown();
   control.Stop();
-  {
-    std::lock_guard lock(reaper_mu);
-    reaper_stop = true;
-  }
-  reaper_cv.notify_all();
-  reaper.join();
+  stop_reaper();
   cycles.AbortAll();
   int status = kExitOk;
   if (trace) {
     Status closed = trace->Close();
     if (closed.ok()) {
-      std::fprintf(stderr, "blkrep: trace %s: %llu records written\n", trace_path.c_str(),
-                   static_cast<unsigned long long>(trace->records_written()));
+      const std::uint64_t dropped = trace->records_dropped();
+      std::fprintf(stderr, "blkrep: trace %s: %llu records written%s\n", trace_shown.c_str(),
+                   static_cast<unsigned long long>(trace->records_written()),
+                   dropped == 0 ? "" : (", " + std::to_string(dropped) + " dropped").c_str());
     } else {
-      status = ReportError(closed.WithContext("trace " + trace_path + " (" + std::to_string(trace->records_written()) +
+      status = ReportError(closed.WithContext("trace " + trace_shown + " (" + std::to_string(trace->records_written()) +
                                               " records written, " + std::to_string(trace->records_dropped()) +
                                               " dropped)"));
     }

@@ -4,8 +4,14 @@
 // those requests (volume, op, offset, length) in order, with times that never
 // decrease, and the distinct blocks they touched. A damaged trace is exit 1
 // with a one-line error; bad arguments are exit 2.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <set>
 #include <string>
 #include <vector>
@@ -124,8 +130,34 @@ TEST(NbdTraceTest, TrackTraceRecordsExactlyTheRequestsQemuIoSent) {
   EXPECT_NE(text.out.find("8 records"), std::string::npos) << text.out;
   EXPECT_NE(text.out.find("write-zeroes"), std::string::npos) << text.out;
 
+  // A start that fails once the trace is made (its TCP port taken) leaves
+  // FILE as it was, and no half-made file beside it.
+  {
+    int busy = ::socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(busy, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(busy, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(::listen(busy, 1), 0);
+    socklen_t len = sizeof addr;
+    ASSERT_EQ(::getsockname(busy, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+    RunResult failed = RunProgram(dir, {BlkrepBinary(), "track", "vm2", "disk0=" + disk0, "--nbd-socket",
+                                        dir.File("other.sock"), "--nbd-listen",
+                                        "127.0.0.1:" + std::to_string(ntohs(addr.sin_port)), "--state-dir",
+                                        dir.File("other-state"), "--trace", trace});
+    ::close(busy);
+    EXPECT_EQ(failed.exit_status, 1) << Describe(failed);
+    EXPECT_NE(failed.err.find("Address already in use"), std::string::npos) << failed.err;
+  }
+  EXPECT_EQ(InspectTrace(dir, trace).value("record_count", -1), 8);
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
+    EXPECT_EQ(entry.path().filename().string().find("guest.trace."), std::string::npos) << entry.path();
+  }
+
   // A restarted tracker with the same --trace starts a new trace and keeps
-  // the one it recorded before as FILE.1, then FILE.2.
+  // the one it recorded before as FILE.1; an empty trace (no record) is
+  // replaced, not kept.
   ASSERT_TRUE(tracker.Start());
   ASSERT_EQ(tracker.Stop(SIGINT), 0) << tracker.process().err();
   EXPECT_NE(tracker.process().err().find("kept it as " + trace + ".1"), std::string::npos) << tracker.process().err();
@@ -134,7 +166,24 @@ TEST(NbdTraceTest, TrackTraceRecordsExactlyTheRequestsQemuIoSent) {
   ASSERT_TRUE(tracker.Start());
   ASSERT_EQ(tracker.Stop(SIGINT), 0) << tracker.process().err();
   EXPECT_EQ(InspectTrace(dir, trace + ".1").value("record_count", -1), 8);
-  EXPECT_EQ(InspectTrace(dir, trace + ".2").value("record_count", -1), 0);
+  EXPECT_FALSE(std::filesystem::exists(trace + ".2"));
+  // The next kept trace follows the highest number, even with a gap.
+  std::filesystem::rename(trace + ".1", trace + ".7");
+  ASSERT_TRUE(core::test_support::WriteFile(trace, std::vector<std::byte>(100, std::byte{'x'})));  // not a trace
+  ASSERT_TRUE(tracker.Start());
+  ASSERT_EQ(tracker.Stop(SIGINT), 0) << tracker.process().err();
+  EXPECT_EQ(std::filesystem::file_size(trace + ".8"), 100u);
+  EXPECT_EQ(InspectTrace(dir, trace + ".7").value("record_count", -1), 8);
+
+  // Something other than a file at FILE is refused before serving.
+  const std::string not_a_file = dir.File("a-directory");
+  std::filesystem::create_directory(not_a_file);
+  RunResult refused = RunProgram(dir, {BlkrepBinary(), "track", "vm3", "disk0=" + disk0, "--nbd-socket",
+                                       dir.File("third.sock"), "--state-dir", dir.File("third-state"), "--trace",
+                                       not_a_file});
+  EXPECT_EQ(refused.exit_status, 2) << Describe(refused);
+  EXPECT_EQ(refused.err, "blkrep: error: --trace " + not_a_file + ": exists and is not a regular file\n");
+  EXPECT_TRUE(std::filesystem::is_directory(not_a_file));
 }
 
 TEST(NbdTraceTest, InspectRefusesADamagedTraceAndBadArguments) {
