@@ -48,6 +48,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -129,7 +130,11 @@ Result<std::string> FindProgram(const std::string& name) {
     if (end == std::string::npos) end = dirs.size();
     std::string dir = dirs.substr(start, end - start);
     std::string candidate = (dir.empty() ? "." : dir) + "/" + name;
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    struct stat st;
+    if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 0111) != 0 &&
+        ::access(candidate.c_str(), X_OK) == 0) {
+      return candidate;
+    }
     start = end + 1;
   }
   return core::ErrnoStatus(ENOENT, "start " + name + ": not found on PATH");
@@ -218,6 +223,12 @@ class Processes {
     }
     if (pid == 0) {
       ::close(exec_error[0]);
+      // The bench's handlers only set a flag: a SIGTERM from PDEATHSIG
+      // before execve must stop the child.
+      struct sigaction dfl {};
+      dfl.sa_handler = SIG_DFL;
+      ::sigaction(SIGTERM, &dfl, nullptr);
+      ::sigaction(SIGINT, &dfl, nullptr);
       ::setpgid(0, 0);
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);
       if (::getppid() != parent) ::_exit(127);  // the bench died before prctl
@@ -225,6 +236,9 @@ class Processes {
       int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
       int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
       if (in >= 0 && o >= 0 && e >= 0 && ::dup2(in, 0) == 0 && ::dup2(o, 1) == 1 && ::dup2(e, 2) == 2) {
+        for (int fd : {in, o, e}) {
+          if (fd > 2) ::close(fd);
+        }
         ::execve(program.c_str(), args.data(), environ);
       }
       const int code = errno;
@@ -239,7 +253,8 @@ class Processes {
     ::close(exec_error[0]);
     if (n == static_cast<ssize_t>(sizeof code)) {
       int status = 0;
-      ::waitpid(pid, &status, 0);
+      while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
       return core::ErrnoStatus(code, "start " + argv[0]);
     }
     running_[pid] = name;
@@ -347,17 +362,20 @@ Result<std::uint64_t> ParseUint(const std::string& text, std::uint64_t max, cons
   return v;
 }
 
-// "90", "1.5", "90s", "5m", "1h": seconds.
+// "90", "1.5", "90s", "250ms", "5m", "1h", "2d": seconds.
 Result<double> ParseDuration(const std::string& text, const std::string& what) {
   double scale = 1;
   std::string number = text;
-  if (!number.empty() && (number.back() == 's' || number.back() == 'm' || number.back() == 'h')) {
-    scale = number.back() == 'h' ? 3600 : number.back() == 'm' ? 60 : 1;
+  if (number.size() > 2 && number.compare(number.size() - 2, 2, "ms") == 0) {
+    scale = 1e-3;
+    number.resize(number.size() - 2);
+  } else if (!number.empty() && std::string_view("smhd").find(number.back()) != std::string_view::npos) {
+    scale = number.back() == 'd' ? 86400 : number.back() == 'h' ? 3600 : number.back() == 'm' ? 60 : 1;
     number.pop_back();
   }
   auto v = bench::ParseReal(number, 0, 1e7, what);
   if (!v.ok() || *v <= 0) {
-    return Status::InvalidArgument(what + ": expected a duration above 0 (e.g. 10, 2.5s, 5m, 1h), got '" + text +
+    return Status::InvalidArgument(what + ": expected a duration above 0 (e.g. 10, 2.5s, 250ms, 5m, 1h, 1d), got '" + text +
                                    "'");
   }
   return *v * scale;
@@ -1244,7 +1262,7 @@ Status Bench::Replay() {
     sinks.push_back(std::move(sink));
   }
   const std::uint64_t cycle_ns =
-      o_.cycle_every_s > 0 ? static_cast<std::uint64_t>(o_.cycle_every_s * 1e9) : ~std::uint64_t{0};
+      o_.cycle_every_s > 0 ? static_cast<std::uint64_t>(std::llround(o_.cycle_every_s * 1e9)) : ~std::uint64_t{0};
   std::uint64_t next_cycle_ns = cycle_ns;
   std::size_t since_cycle = 0;
   double play_t0 = Now();
@@ -1312,7 +1330,11 @@ Status Bench::Replay() {
       if (r.time_ns >= next_cycle_ns) {
         const std::uint64_t quiet = (r.time_ns - next_cycle_ns) / cycle_ns + 1;
         replay_quiet_intervals_ += quiet;
-        next_cycle_ns += quiet * cycle_ns;  // past r.time_ns, which is below 2^64
+        // Past r.time_ns; at the end of the clock (a trace near 2^64 ns) no
+        // further boundary.
+        const unsigned __int128 next =
+            static_cast<unsigned __int128>(next_cycle_ns) + static_cast<unsigned __int128>(quiet) * cycle_ns;
+        next_cycle_ns = next > ~std::uint64_t{0} ? ~std::uint64_t{0} : static_cast<std::uint64_t>(next);
       }
     }
     if (o_.speed > 0) {
@@ -1660,9 +1682,12 @@ std::string Bench::Svg() const {
                                    bench::ChartX::kTraceSeconds);
   }
   for (const auto& r : incremental_) {
-    series[0].points.push_back({r.achieved_fraction, r.cycle.seconds,
+    // A capped row at the fraction it reached; the others at the fraction
+    // asked for (what was reached differs by the rounding to whole blocks).
+    const double x = r.workload.capped ? r.achieved_fraction : r.fraction;
+    series[0].points.push_back({x, r.cycle.seconds,
                                 static_cast<double>(r.cycle.bytes_sent + r.cycle.bytes_received)});
-    bench::ChartPoint p{r.achieved_fraction, std::nullopt, std::nullopt};
+    bench::ChartPoint p{x, std::nullopt, std::nullopt};
     if (!r.rsync.skipped) {
       p.seconds = r.rsync.seconds;
       p.wire_bytes = static_cast<double>(r.rsync.bytes_sent + r.rsync.bytes_received);
