@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -80,62 +81,89 @@ Status ArmJournalFaults(core::FaultInjectingFileSystem& fs, const std::string& s
   return Status::InvalidArgument("--journal-faults: expected enospc or eio-after:N, got '" + spec + "'");
 }
 
-// Whether `path` holds a trace without a single record (a header only, as
-// a tracker that failed right after starting leaves): nothing to keep.
+// Whether `path` (a regular file) holds a trace without a single record (a
+// header only, as a tracker that failed right after starting leaves):
+// nothing to keep.
 bool IsEmptyTrace(const std::string& path, const struct stat& st) {
   if (st.st_size > 65536) return false;
   auto trace = tracker::ReadTrace(path);
   return trace.ok() && trace->records.empty() && trace->torn_tail.empty();
 }
 
-// Moves the trace being written at `temp` to `path`. A regular file already
-// at `path` (an earlier run's trace, or anything else) is kept as PATH.N, N
-// one more than the highest kept so far (so numbers follow the runs' order),
-// never replacing one; an empty trace is simply replaced. Anything else at
-// `path` (a directory, a device, a FIFO) is an error: the trace stays at
-// `temp`.
+// The highest N of the files PATH.N beside `path` (0: none).
+std::uint64_t HighestKeptTrace(const std::string& path) {
+  const std::filesystem::path p(path);
+  const std::string prefix = p.filename().string() + ".";
+  std::uint64_t highest = 0;
+  std::error_code ec;
+  std::filesystem::directory_iterator it(p.has_parent_path() ? p.parent_path() : ".", ec);
+  for (; !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string digits = name.substr(prefix.size());
+    if (digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    highest = std::max<std::uint64_t>(highest, std::stoull(digits));
+  }
+  return highest;
+}
+
+// Moves the trace being written at `temp` to `path`. What is already at
+// `path` is kept as PATH.N, N one more than the highest kept so far (so
+// numbers follow the runs' order), never replacing one: a regular file (an
+// earlier run's trace, or anything else) unless it is an empty trace, which
+// is replaced, or a symbolic link (the link itself; its target is never
+// touched). A trace another tracker is writing (it holds an flock on it) is
+// left alone: an error, and this tracker's trace stays at `temp`. So is
+// anything else at `path` (a directory, a device).
 Status InstallTrace(const std::string& temp, const std::string& path) {
   struct stat st;
-  if (::stat(path.c_str(), &st) == 0) {
-    if (!S_ISREG(st.st_mode)) {
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno != ENOENT) return core::ErrnoStatus(errno, "--trace " + path);
+  } else {
+    if (!S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
       return Status::InvalidArgument("--trace " + path + ": exists and is not a regular file");
     }
-    if (!IsEmptyTrace(path, st)) {
-      const std::filesystem::path p(path);
-      const std::string dir = p.has_parent_path() ? p.parent_path().string() : ".";
-      const std::string prefix = p.filename().string() + ".";
-      std::uint64_t highest = 0;
-      std::error_code ec;
-      for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-        const std::string name = entry.path().filename().string();
-        if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
-        const std::string digits = name.substr(prefix.size());
-        if (digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
-        highest = std::max<std::uint64_t>(highest, std::stoull(digits));
+    // Held until the old file is moved: a running tracker's trace is not
+    // taken from under it.
+    int held = -1;
+    if (S_ISREG(st.st_mode)) {
+      held = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+      if (held >= 0 && ::flock(held, LOCK_EX | LOCK_NB) != 0) {
+        const int e = errno;
+        ::close(held);
+        if (e == EWOULDBLOCK) return Status::Aborted("--trace " + path + ": in use by a running tracker");
+        return core::ErrnoStatus(e, "--trace " + path + ": lock");
       }
-      std::string kept;
-      for (std::uint64_t n = highest + 1; kept.empty() && n < highest + 100; ++n) {
-        const std::string candidate = path + "." + std::to_string(n);
-        if (::renameat2(AT_FDCWD, path.c_str(), AT_FDCWD, candidate.c_str(), RENAME_NOREPLACE) == 0) {
-          kept = candidate;
-        } else if (errno == EINVAL || errno == ENOSYS) {
-          // A file system without RENAME_NOREPLACE: link, which never
-          // replaces, then unlink.
-          if (::link(path.c_str(), candidate.c_str()) == 0) {
-            ::unlink(path.c_str());
-            kept = candidate;
-          } else if (errno != EEXIST) {
-            return core::ErrnoStatus(errno, "--trace " + path + ": keeping the earlier trace as " + candidate);
-          }
-        } else if (errno != EEXIST) {
-          return core::ErrnoStatus(errno, "--trace " + path + ": keeping the earlier trace as " + candidate);
-        }
+    }
+    const bool keep = S_ISLNK(st.st_mode) || !IsEmptyTrace(path, st);
+    std::string kept;
+    Status moved = Status::Ok();
+    for (std::uint64_t n = HighestKeptTrace(path) + 1, tries = 0; keep && kept.empty() && tries < 100; ++n, ++tries) {
+      const std::string candidate = path + "." + std::to_string(n);
+      int rc = ::renameat2(AT_FDCWD, path.c_str(), AT_FDCWD, candidate.c_str(), RENAME_NOREPLACE);
+      if (rc != 0 && (errno == EINVAL || errno == ENOSYS)) {
+        // A file system without RENAME_NOREPLACE: link, which never
+        // replaces, then unlink.
+        rc = ::link(path.c_str(), candidate.c_str());
+        if (rc == 0) ::unlink(path.c_str());
       }
-      if (kept.empty()) return core::ErrnoStatus(EEXIST, "--trace " + path + ": keeping the earlier trace");
+      if (rc == 0) {
+        kept = candidate;
+      } else if (errno == ENOENT) {
+        break;  // gone meanwhile: nothing to keep
+      } else if (errno != EEXIST) {
+        moved = core::ErrnoStatus(errno, "--trace " + path + ": keeping the earlier trace as " + candidate);
+        break;
+      }
+    }
+    if (held >= 0) ::close(held);
+    if (!moved.ok()) return moved;
+    if (keep && kept.empty() && ::lstat(path.c_str(), &st) == 0) {
+      return core::ErrnoStatus(EEXIST, "--trace " + path + ": keeping the earlier trace");
+    }
+    if (!kept.empty()) {
       std::fprintf(stderr, "blkrep: warning: --trace %s existed; kept it as %s\n", path.c_str(), kept.c_str());
     }
-  } else if (errno != ENOENT) {
-    return core::ErrnoStatus(errno, "--trace " + path);
   }
   if (::rename(temp.c_str(), path.c_str()) != 0) return core::ErrnoStatus(errno, "--trace " + path);
   const std::filesystem::path p(path);
@@ -251,6 +279,13 @@ int TrackCommand(const std::vector<std::string>& argv) {
   std::unique_ptr<tracker::TraceWriter> trace;
   const std::string trace_path = args->Value("trace").value_or("");
   std::string trace_temp;  // until the tracker serves
+  int trace_lock_fd = -1;   // an flock on the trace file, for the tracker's life
+  struct CloseLock {
+    int* fd;
+    ~CloseLock() {
+      if (*fd >= 0) ::close(*fd);
+    }
+  } trace_lock_guard{&trace_lock_fd};
   std::string trace_shown = trace_path;  // where the trace is
   struct RemoveUnlessInstalled {
     std::string* path;
@@ -264,10 +299,19 @@ int TrackCommand(const std::vector<std::string>& argv) {
     // older trace there kept as FILE.N first): a start that fails changes
     // nothing.
     struct stat existing;
-    if (::stat(trace_path.c_str(), &existing) == 0 && !S_ISREG(existing.st_mode)) {
+    if (::lstat(trace_path.c_str(), &existing) == 0 && !S_ISREG(existing.st_mode) && !S_ISLNK(existing.st_mode)) {
       return ReportError(Status::InvalidArgument("--trace " + trace_path + ": exists and is not a regular file"));
     }
-    trace_temp = trace_path + ".starting-" + std::to_string(::getpid());
+    // A name no one can guess or have made, and an flock held on the file
+    // for the tracker's life (through the move to FILE): another tracker
+    // with the same --trace sees it in use.
+    std::string name = trace_path + ".starting-XXXXXX";
+    trace_lock_fd = ::mkostemp(name.data(), O_CLOEXEC);
+    if (trace_lock_fd < 0) return ReportError(core::ErrnoStatus(errno, "--trace " + trace_path + ": create " + name));
+    trace_temp = name;
+    if (::flock(trace_lock_fd, LOCK_EX | LOCK_NB) != 0) {
+      return ReportError(core::ErrnoStatus(errno, "--trace " + trace_path + ": lock " + name));
+    }
     std::vector<tracker::TraceVolume> trace_volumes;
     for (const auto& v : volumes) trace_volumes.push_back(tracker::TraceVolume{v.name, v.device->SizeBytes()});
     auto writer = tracker::TraceWriter::Create(trace_temp, std::move(trace_volumes));

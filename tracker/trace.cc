@@ -397,9 +397,10 @@ struct TraceWriter::Impl {
     WriteBatch(bytes, count);
   }
 
-  // The flusher thread: a partial batch a second old goes to the file, so
-  // a guest that goes quiet has its last writes on disk within about a
-  // second, not only when the tracker stops.
+  // The flusher thread: a partial batch goes to the file a second after the
+  // previous batch, so a guest that goes quiet has its last writes in the
+  // file (the page cache: a tracker crash keeps them; fsync is at Close)
+  // within about a second, not only when the tracker stops.
   void FlushLoop() {
     std::unique_lock lock(mu);
     while (!closed) {
@@ -463,10 +464,9 @@ void TraceWriter::Record(std::uint16_t volume, TraceOp op, std::uint64_t offset_
   }
   m.last_time_ns = time_ns;
   EncodeRecord(time_ns, offset_bytes, length_bytes, volume, op, m.batch);
-  // A batch goes to the file when it is full, or at the first record a
-  // second after the previous batch: a crash loses at most the records of
-  // about a second (or of the idle time before the last record).
-  if (++m.batch_records < kTraceWriterBatchRecords && time_ns - m.last_batch_ns < kTraceFlushIntervalNs) return;
+  // A full batch goes to the file here; a partial one from the flusher
+  // thread, off the guest's I/O path.
+  if (++m.batch_records < kTraceWriterBatchRecords) return;
   m.HandOff(lock, time_ns);
 }
 

@@ -72,7 +72,7 @@ core::Result<std::vector<std::byte>> EncodeTrace(const Trace& trace, std::uint32
 
 
 // A partial batch is written this long after the previous batch (by the
-// writer's flusher thread, or by the first record after that long).
+// writer's flusher thread; written, not fsynced: that is at Close).
 inline constexpr std::uint64_t kTraceFlushIntervalNs = 1'000'000'000;
 
 class TraceWriter {
@@ -89,8 +89,8 @@ class TraceWriter {
   TraceWriter& operator=(const TraceWriter&) = delete;
 
   // Records one request; cheap (appends to a buffer; a full buffer is
-  // written as one batch, and a flusher thread writes a partial one a
-  // second after the previous batch). Never fails the guest's I/O: a write error stops the trace
+  // written as one batch; a flusher thread writes a partial one a second
+  // after the previous batch). Never fails the guest's I/O: a write error stops the trace
   // and is reported by Close; at 4 GiB recording stops (a warning on
   // stderr, the rest counted as dropped, Close still succeeds).
   void Record(std::uint16_t volume, TraceOp op, std::uint64_t offset_bytes, std::uint32_t length_bytes);

@@ -186,6 +186,50 @@ TEST(NbdTraceTest, TrackTraceRecordsExactlyTheRequestsQemuIoSent) {
   EXPECT_TRUE(std::filesystem::is_directory(not_a_file));
 }
 
+// Two trackers given the same --trace (one unit template for two guests):
+// the second does not take the running one's trace, even an empty one; it
+// traces beside it and says where.
+TEST(NbdTraceTest, ASecondTrackerDoesNotTakeARunningTrackersTrace) {
+  BLKREP_REQUIRE_PROGRAM(qemu_io, "qemu-io");
+  TempDir dir, other;
+  const std::string disk0 = dir.File("disk0.img"), disk1 = other.File("disk0.img");
+  MakeVolume(disk0, 4 * kMiB);
+  MakeVolume(disk1, 4 * kMiB);
+  const std::string trace = dir.File("shared.trace");
+  Tracker first(dir, {{"disk0", disk0}}, {"--trace", trace});
+  ASSERT_TRUE(first.Start());
+  Tracker second(other, {{"disk0", disk1}}, {"--trace", trace});
+  ASSERT_TRUE(second.Start());
+  RunResult wrote = RunProgram(dir, {qemu_io, "-f", "raw", "-c", "write -P 1 0 4k", "-c", "write -P 2 1M 4k",
+                                     first.Uri("disk0")});
+  ASSERT_EQ(wrote.exit_status, 0) << Describe(wrote);
+  ASSERT_EQ(second.Stop(SIGTERM), 0) << second.process().err();
+  ASSERT_EQ(first.Stop(SIGTERM), 0) << first.process().err();
+  EXPECT_NE(first.process().err().find("trace " + trace + ": 2 records written"), std::string::npos)
+      << first.process().err();
+  EXPECT_EQ(InspectTrace(dir, trace).value("record_count", -1), 2);
+  const std::string err = second.process().err();
+  EXPECT_NE(err.find("--trace " + trace + ": in use by a running tracker; tracing to " + trace + ".starting-"),
+            std::string::npos)
+      << err;
+  const std::size_t at = err.find("blkrep: trace " + trace + ".starting-");
+  ASSERT_NE(at, std::string::npos) << err;
+  const std::string second_trace = err.substr(at + 14, err.find(':', at + 14) - (at + 14));
+  EXPECT_EQ(InspectTrace(dir, second_trace).value("record_count", -1), 0);
+  EXPECT_FALSE(std::filesystem::exists(trace + ".1"));
+
+  // A dangling symbolic link at FILE is kept (as a link), not replaced.
+  const std::string link = dir.File("link.trace");
+  std::filesystem::create_symlink(dir.File("nowhere/target.trace"), link);
+  Tracker third(other, {{"disk0", disk1}}, {"--trace", link});
+  ASSERT_TRUE(third.Start());
+  ASSERT_EQ(third.Stop(SIGTERM), 0) << third.process().err();
+  EXPECT_TRUE(std::filesystem::is_symlink(link + ".1"));
+  EXPECT_EQ(std::filesystem::read_symlink(link + ".1"), dir.File("nowhere/target.trace"));
+  EXPECT_FALSE(std::filesystem::is_symlink(link));
+  EXPECT_EQ(InspectTrace(dir, link).value("record_count", -1), 0);
+}
+
 TEST(NbdTraceTest, InspectRefusesADamagedTraceAndBadArguments) {
   TempDir dir;
   const std::string trace = dir.File("bad.trace");
