@@ -36,7 +36,6 @@ using core::Status;
 constexpr char kMagic[8] = {'B', 'L', 'K', 'R', 'T', 'R', 'A', 'C'};
 constexpr std::size_t kFixedHeaderBytes = 24;  // magic, version, volume count, reserved, started
 constexpr std::uint64_t kMaxVolumeSizeBytes = 1ULL << 62;
-constexpr std::uint64_t kMaxFileBytes = 4ULL << 30;
 
 bool ValidOp(std::uint8_t op) { return op >= 1 && op <= 3; }
 
@@ -271,7 +270,7 @@ Result<Trace> ReadTrace(const std::string& path) {
   if (!file.ok()) return file.status();
   auto size = (*file)->Size();
   if (!size.ok()) return size.status();
-  if (*size > kMaxFileBytes) {
+  if (*size > kTraceMaxFileBytes) {
     return Status::InvalidArgument("trace " + path + ": " + std::to_string(*size) + " bytes, over the 4 GiB limit");
   }
   std::vector<std::byte> bytes(*size);
@@ -341,7 +340,8 @@ struct TraceWriter::Impl {
   Status close_status;                 // GUARDED_BY(file_mu)
   std::uint64_t written = 0;           // GUARDED_BY(file_mu)
   std::uint64_t lost = 0;              // GUARDED_BY(file_mu)
-  bool full = false;                   // GUARDED_BY(file_mu): the 4 GiB limit was reached
+  bool full = false;                   // GUARDED_BY(file_mu): max_file_bytes was reached
+  std::uint64_t max_file_bytes = kTraceMaxFileBytes;
 
   void NewBatch() {
     batch.clear();
@@ -357,7 +357,7 @@ struct TraceWriter::Impl {
       lost += count;
       return;
     }
-    if (full || file_offset + bytes.size() > kMaxFileBytes) {
+    if (full || file_offset + bytes.size() > max_file_bytes) {
       // A longer trace could not be read back (ReadTrace's limit): stop
       // here, with everything so far readable. Not a failure of the trace
       // (Close succeeds); the records after it are counted as dropped.
@@ -426,7 +426,8 @@ Result<std::unique_ptr<TraceWriter>> TraceWriter::Create(const std::string& path
 }
 
 Result<std::unique_ptr<TraceWriter>> TraceWriter::Create(core::FileSystem& fs, const std::string& path,
-                                                         std::vector<TraceVolume> volumes) {
+                                                         std::vector<TraceVolume> volumes,
+                                                         std::uint64_t max_file_bytes) {
   Trace check;
   check.volumes = volumes;
   if (auto encoded = EncodeTrace(check); !encoded.ok()) return encoded.status();
@@ -441,6 +442,7 @@ Result<std::unique_ptr<TraceWriter>> TraceWriter::Create(core::FileSystem& fs, c
   if (written.ok()) written = (*file)->Sync();
   if (written.ok()) written = fs.SyncDir(core::DirName(path));
   if (!written.ok()) return written.WithContext("trace " + path);
+  impl->max_file_bytes = std::min(max_file_bytes, kTraceMaxFileBytes);
   impl->volumes = std::move(volumes);
   impl->start = std::chrono::steady_clock::now();
   impl->file = std::move(file).value();

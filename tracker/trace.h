@@ -71,6 +71,9 @@ core::Result<Trace> ReadTrace(const std::string& path);
 core::Result<std::vector<std::byte>> EncodeTrace(const Trace& trace, std::uint32_t records_per_batch = kTraceWriterBatchRecords);
 
 
+// The largest trace file a reader accepts; the writer stops before it.
+inline constexpr std::uint64_t kTraceMaxFileBytes = 4ULL << 30;
+
 // A partial batch is written this long after the previous batch (by the
 // writer's flusher thread; written, not fsynced: that is at Close).
 inline constexpr std::uint64_t kTraceFlushIntervalNs = 1'000'000'000;
@@ -81,9 +84,11 @@ class TraceWriter {
   static core::Result<std::unique_ptr<TraceWriter>> Create(const std::string& path,
                                                            std::vector<TraceVolume> volumes);
   // The same through `fs` (a fake or fault-injecting one in tests), which
-  // must outlive the writer.
+  // must outlive the writer; `max_file_bytes` (at most kTraceMaxFileBytes)
+  // lets a test reach the size limit without writing 4 GiB.
   static core::Result<std::unique_ptr<TraceWriter>> Create(core::FileSystem& fs, const std::string& path,
-                                                           std::vector<TraceVolume> volumes);
+                                                           std::vector<TraceVolume> volumes,
+                                                           std::uint64_t max_file_bytes = kTraceMaxFileBytes);
   ~TraceWriter();  // flushes, best effort
   TraceWriter(const TraceWriter&) = delete;
   TraceWriter& operator=(const TraceWriter&) = delete;

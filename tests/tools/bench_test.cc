@@ -572,6 +572,27 @@ TEST(BenchTest, ReplayCyclesEveryIntervalOfTraceTime) {
   EXPECT_TRUE(std::filesystem::is_empty(dir.path() + "/scratch"));
 }
 
+// A cycle boundary is the decimal --cycle-every in whole nanoseconds, not a
+// nanosecond short of it (2.01 * 1e9 is 2009999999.99... in binary).
+TEST(BenchTest, ReplayCycleBoundariesAreExactNanoseconds) {
+  TempDir dir;
+  std::filesystem::create_directory(dir.path() + "/scratch");
+  const std::string trace = WriteTrace(dir, "edge.trace",
+                                       {{2'009'999'999, 0, 4096, 0, tracker::TraceOp::kWrite},
+                                        {2'010'000'000, 1 << 16, 4096, 0, tracker::TraceOp::kWrite}});
+  RunResult r = Blkrep(dir, {"bench", "--replay", trace, "--cycle-every", "2.01", "--json", "--dir",
+                             dir.path() + "/scratch"});
+  ASSERT_EQ(r.exit_status, 0) << r.err << r.out;
+  json doc = json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(doc.is_discarded()) << r.out;
+  const json& cycles = doc["replay"]["cycles"];
+  ASSERT_EQ(cycles.size(), 2u) << cycles.dump();
+  EXPECT_DOUBLE_EQ(cycles[0]["trace_time_seconds"].get<double>(), 2.01);
+  EXPECT_EQ(cycles[0]["records"].get<std::uint64_t>(), 1u);
+  EXPECT_EQ(cycles[1]["records"].get<std::uint64_t>(), 1u);
+  EXPECT_EQ(doc["replay"]["quiet_intervals"].get<std::uint64_t>(), 0u);
+}
+
 // Requests in flight are not ordered by NBD: a write and a write-zeroes of
 // the same block, traced in that order, must land in that order on every
 // replay. The replica ends all zeroes, twice.

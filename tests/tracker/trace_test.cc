@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -373,6 +374,31 @@ TEST(TraceTest, APartialBatchReachesTheFileWithinAboutASecond) {
   auto after = ReadTrace(path);
   ASSERT_TRUE(after.ok());
   EXPECT_EQ(after->records.size(), 3u);
+}
+
+TEST(TraceTest, TheWriterStopsAtTheFileSizeLimitWithEverythingBeforeReadable) {
+  // The 4 GiB limit, scaled down: room for the header and two full batches.
+  TempDir dir;
+  const std::string path = dir.File("t.trace");
+  auto header_only = TraceWriter::Create(path, TwoVolumes());
+  ASSERT_TRUE(header_only.ok());
+  ASSERT_TRUE((*header_only)->Close().ok());
+  const std::uint64_t header = std::filesystem::file_size(path);
+  const std::uint64_t batch = kTraceBatchHeaderBytes + std::uint64_t{kTraceWriterBatchRecords} * kTraceRecordBytes;
+  auto writer = TraceWriter::Create(core::PosixFileSystemInstance(), path, TwoVolumes(), header + 2 * batch);
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  const std::uint32_t total = 3 * kTraceWriterBatchRecords + 7;
+  for (std::uint32_t i = 0; i < total; ++i) (*writer)->Record(0, TraceOp::kWrite, i * 4096ULL % (8 * kMiB), 4096);
+  // Not a failure of the trace: the rest is counted as dropped.
+  EXPECT_TRUE((*writer)->Close().ok());
+  EXPECT_EQ((*writer)->records_written(), 2u * kTraceWriterBatchRecords);
+  EXPECT_EQ((*writer)->records_dropped(), total - 2u * kTraceWriterBatchRecords);
+  EXPECT_EQ(std::filesystem::file_size(path), header + 2 * batch);
+  auto trace = ReadTrace(path);
+  ASSERT_TRUE(trace.ok()) << trace.status().ToString();
+  EXPECT_EQ(trace->records.size(), 2u * kTraceWriterBatchRecords);
+  EXPECT_TRUE(trace->torn_tail.empty());
+  EXPECT_EQ(trace->records.back().offset_bytes, (2ULL * kTraceWriterBatchRecords - 1) * 4096 % (8 * kMiB));
 }
 
 TEST(TraceTest, ReadTraceOfAMissingFileIsNotFound) {
