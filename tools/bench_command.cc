@@ -77,7 +77,30 @@ constexpr const char* kUsage =
     "                    [--write-size DIST] [--skew S] [--compressibility PCT] [--zero-fraction F]\n"
     "                    [--duration SECONDS] [--damage F] [--zstd-level N] [--seed N] [--dir DIR] [--keep]\n"
     "                    [--no-peers] [--json] [--svg FILE]\n"
-    "                    [--replay TRACE [--speed X] [--cycle-every DURATION]]";
+    "                    [--replay TRACE [--speed X] [--cycle-every DURATION]]\n"
+    "\n"
+    "Measures, each beside a peer run on the same files: writes through blkrep's NBD export\n"
+    "(against direct pwrite and qemu-nbd), the full sync (against cp), one incremental cycle per\n"
+    "dirty fraction (against rsync) and a checksum resync (against rsync). Exit 1 if a self-check\n"
+    "fails (wire bytes against the receiver's count; the journal and each cycle against the blocks\n"
+    "written).\n"
+    "\n"
+    "  --size SIZE            scratch volume (default 1G); --volume PATH runs on a copy of PATH\n"
+    "  --block-size SIZE      the tracker's block, 4K..1M (default 64K)\n"
+    "  --dirty LIST           fractions of the blocks per incremental cycle (default 0.001,0.01,0.05,0.2)\n"
+    "  --write-size DIST      a size or a weighted mix, e.g. 4K:60,64K:30,1M:10 (default 4K)\n"
+    "  --skew S               0 (uniform), A/B (A% of writes in B% of the volume) or a Zipf exponent\n"
+    "  --compressibility PCT  share of each 4 KiB that compresses (default 50)\n"
+    "  --zero-fraction F      share of writes that are all zeroes (default 0)\n"
+    "  --duration D           cap on each write phase (default 10s; units ms, s, m, h, d)\n"
+    "  --damage F             share of replica blocks damaged before the resync (default 0.01)\n"
+    "  --zstd-level N         fixed compression level (default: adaptive)\n"
+    "  --seed N               the same seed writes the same blocks with the same bytes\n"
+    "  --json, --svg FILE     one JSON document; a chart of cycle time and wire bytes\n"
+    "  --replay TRACE         play a trace of `blkrep track --trace` instead: --speed X (default as\n"
+    "                         fast as possible), --cycle-every D of trace time (default once at the end)\n"
+    "\n"
+    "bench/README.md tells how to read the results.";
 
 constexpr const char* kGuest = "bench";
 constexpr const char* kJob = "bench-1";

@@ -325,6 +325,16 @@ TEST(BenchTest, BadFlagsExitTwoWithOneLine) {
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << joined << r.err;
     EXPECT_TRUE(r.out.empty()) << joined;
   }
+  // --help describes every knob.
+  RunResult help = Blkrep(dir, {"bench", "--help"});
+  EXPECT_EQ(help.exit_status, 0) << help.err;
+  for (const char* knob : {"--size", "--volume", "--block-size", "--dirty", "--write-size", "--skew",
+                           "--compressibility", "--zero-fraction", "--duration", "--damage", "--zstd-level",
+                           "--seed", "--json", "--svg", "--replay", "--speed", "--cycle-every"}) {
+    EXPECT_TRUE(Contains(help.out, std::string("\n  ") + knob) || Contains(help.out, std::string(" ") + knob + " "))
+        << knob << "\n" << help.out;
+  }
+  EXPECT_TRUE(Contains(help.out, "bench/README.md")) << help.out;
   // With a real trace, each refusal is for the flag itself.
   const std::string trace = WriteTrace(dir, "ok.trace", {{kMs, 0, 4096, 0, tracker::TraceOp::kWrite}});
   const std::vector<std::pair<std::vector<std::string>, std::string>> replay_bad = {
