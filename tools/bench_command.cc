@@ -698,15 +698,18 @@ class Bench {
 
   Status PrepareVolume();
   Status WaitForSocket(pid_t pid, const std::string& socket, const std::string& name);
-  Result<pid_t> StartTracker(const std::string& guest, const std::string& volume, const std::string& socket,
-                             const std::string& state, const std::string& name);
+  // `volumes`: NAME=PATH, as `track` takes them.
+  Result<pid_t> StartTracker(const std::string& guest, const std::vector<std::string>& volumes,
+                             const std::string& socket, const std::string& state, const std::string& name);
   Status MeasureOverhead();
   Status Overhead(const std::string& side, Peer* out);
   // Writes through `sink` until `goal` says stop or --duration passes.
   Status ApplyWorkload(bench::WriteSink& sink, bench::WorkloadGenerator& gen,
                        const std::function<bool(const bench::Write&)>& add_and_done, double cap_s,
                        WriteStats* stats);
-  Status SetUpJob();
+  // The tracker of `volumes` (NAME=PATH), a target receiving into the
+  // scratch replica directory, and the job between them.
+  Status SetUpJob(const std::vector<std::string>& volumes);
   Result<CycleReport> RunCycle(const std::string& name, bool resync);
   Result<json> Inspect(const std::string& name);
   Status CompareJournal(const json& inspect, const bench::BlockSet& blocks, std::optional<std::uint64_t>* dirty,
@@ -759,12 +762,12 @@ Status Bench::WaitForSocket(pid_t pid, const std::string& socket, const std::str
   return Status::IoError(name + " did not create " + socket + " within 10 s");
 }
 
-Result<pid_t> Bench::StartTracker(const std::string& guest, const std::string& volume, const std::string& socket,
-                                  const std::string& state, const std::string& name) {
-  BLKREP_ASSIGN_OR_RETURN(pid_t pid, procs_.Start(Blkrep({"track", guest, "disk0=" + volume, "--nbd-socket", socket,
-                                                          "--block-size", std::to_string(o_.block_bytes)},
-                                                         state),
-                                                  name));
+Result<pid_t> Bench::StartTracker(const std::string& guest, const std::vector<std::string>& volumes,
+                                  const std::string& socket, const std::string& state, const std::string& name) {
+  std::vector<std::string> track = {"track", guest};
+  track.insert(track.end(), volumes.begin(), volumes.end());
+  track.insert(track.end(), {"--nbd-socket", socket, "--block-size", std::to_string(o_.block_bytes)});
+  BLKREP_ASSIGN_OR_RETURN(pid_t pid, procs_.Start(Blkrep(track, state), name));
   BLKREP_RETURN_IF_ERROR(WaitForSocket(pid, socket, name));
   return pid;
 }
@@ -887,7 +890,7 @@ Status Bench::Overhead(const std::string& side, Peer* out) {
   if (side == "direct") {
     BLKREP_ASSIGN_OR_RETURN(sink, bench::OpenFileSink(file, MaxWrite()));
   } else if (side == "blkrep") {
-    BLKREP_ASSIGN_OR_RETURN(server, StartTracker("overhead", file, socket, work_ + "/overhead-state", "overhead-track"));
+    BLKREP_ASSIGN_OR_RETURN(server, StartTracker("overhead", {"disk0=" + file}, socket, work_ + "/overhead-state", "overhead-track"));
     BLKREP_ASSIGN_OR_RETURN(sink, bench::ConnectNbdSink(socket, "disk0", kQueueDepth, MaxWrite()));
   } else {
     BLKREP_ASSIGN_OR_RETURN(server, procs_.Start({"qemu-nbd", "--format", "raw", "--export-name", "disk0",
@@ -934,12 +937,12 @@ Status Bench::MeasureOverhead() {
   return Status::Ok();
 }
 
-Status Bench::SetUpJob() {
+Status Bench::SetUpJob(const std::vector<std::string>& volumes) {
   state_ = work_ + "/state";
   rdir_ = work_ + "/replicas";
   socket_ = work_ + "/nbd.sock";
   std::filesystem::create_directories(rdir_);
-  BLKREP_ASSIGN_OR_RETURN(tracker_, StartTracker(kGuest, vol_, socket_, state_, "track"));
+  BLKREP_ASSIGN_OR_RETURN(tracker_, StartTracker(kGuest, volumes, socket_, state_, "track"));
   BLKREP_ASSIGN_OR_RETURN(
       Ran t, procs_.Run(Blkrep({"target", "add", kTarget, "--exec",
                                 ShellQuote(self_) + " receive --stdio --replica-dir " + ShellQuote(rdir_)},
@@ -1213,7 +1216,7 @@ Status Bench::Run() {
   if (!o_.replay.empty()) return Replay();
   BLKREP_RETURN_IF_ERROR(PrepareVolume());
   BLKREP_RETURN_IF_ERROR(MeasureOverhead());
-  BLKREP_RETURN_IF_ERROR(SetUpJob());
+  BLKREP_RETURN_IF_ERROR(SetUpJob({"disk0=" + vol_}));
   BLKREP_RETURN_IF_ERROR(FullSync());
   for (std::size_t i = 0; i < o_.dirty.size(); ++i) BLKREP_RETURN_IF_ERROR(Incremental(i));
   BLKREP_RETURN_IF_ERROR(Resync());
@@ -1241,11 +1244,7 @@ Status Bench::Replay() {
   }
   progress_.Done(std::to_string(trace->records.size()) + " records, " + std::to_string(trace->volumes.size()) +
                  " volume(s)");
-  state_ = work_ + "/state";
-  rdir_ = work_ + "/replicas";
-  socket_ = work_ + "/nbd.sock";
-  std::filesystem::create_directories(rdir_);
-  std::vector<std::string> track = {"track", kGuest};
+  std::vector<std::string> track_volumes;
   std::vector<bench::BlockSet> sets;
   for (const auto& v : trace->volumes) {
     if (v.size_bytes == 0 || v.size_bytes % o_.block_bytes != 0) {
@@ -1254,22 +1253,12 @@ Status Bench::Replay() {
     }
     const std::string file = work_ + "/replay-" + std::to_string(replay_volumes_.size()) + ".img";
     BLKREP_RETURN_IF_ERROR(MakeFile(file, v.size_bytes, false));
-    track.push_back(v.name + "=" + file);
+    track_volumes.push_back(v.name + "=" + file);
     replay_volumes_.push_back({v.name, v.size_bytes});
     sets.emplace_back(v.size_bytes, o_.block_bytes);
   }
   volume_bytes_ = trace->volumes.empty() ? 0 : trace->volumes[0].size_bytes;
-  track.insert(track.end(), {"--nbd-socket", socket_, "--block-size", std::to_string(o_.block_bytes)});
-  BLKREP_ASSIGN_OR_RETURN(tracker_, procs_.Start(Blkrep(track, state_), "track"));
-  BLKREP_RETURN_IF_ERROR(WaitForSocket(tracker_, socket_, "track"));
-  BLKREP_ASSIGN_OR_RETURN(
-      Ran t, procs_.Run(Blkrep({"target", "add", kTarget, "--exec",
-                                ShellQuote(self_) + " receive --stdio --replica-dir " + ShellQuote(rdir_)},
-                               state_),
-                        "target-add"));
-  if (t.exit_status != 0) return Status::IoError("blkrep target add failed: " + FirstLine(t.err));
-  BLKREP_ASSIGN_OR_RETURN(Ran j, procs_.Run(Blkrep({"create-local-job", kJob, kTarget}, state_), "create-job"));
-  if (j.exit_status != 0) return Status::IoError("blkrep create-local-job failed: " + FirstLine(j.err));
+  BLKREP_RETURN_IF_ERROR(SetUpJob(track_volumes));
   // The replica starts as the (empty) volumes: a full cycle first, not measured
   // as a replay cycle.
   progress_.Phase("replay: initial full cycle");
