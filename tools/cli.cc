@@ -79,6 +79,15 @@ Result<std::pair<std::string, std::string>> ParseNameEqualsVolume(const std::str
   return std::make_pair(text.substr(0, eq), path);
 }
 
+sigset_t BlockStopSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signals;
+}
+
 void KeepLargeBuffersOnTheHeap() {
   ::mallopt(M_MMAP_THRESHOLD, 64 << 20);
   ::mallopt(M_TRIM_THRESHOLD, 256 << 20);

@@ -2,6 +2,8 @@
 // the state directory, error reporting with CONTRACT.md's exit statuses.
 #pragma once
 
+#include <signal.h>
+
 #include <map>
 #include <optional>
 #include <set>
@@ -45,6 +47,11 @@ int ReportError(const core::Status& status);
 // of mapping fresh, zeroed pages for each one (page faults dominated the
 // profiles of both the tracker and a full cycle).
 void KeepLargeBuffersOnTheHeap();
+
+// For commands that wait for SIGTERM/SIGINT with sigwait: blocks both in
+// the calling thread (every thread it starts inherits the mask) and returns
+// the set to wait on.
+sigset_t BlockStopSignals();
 
 // Splits "NAME=VOLUME", VOLUME made absolute; kInvalidArgument when malformed.
 core::Result<std::pair<std::string, std::string>> ParseNameEqualsVolume(const std::string& text);

@@ -181,11 +181,7 @@ int TestFailoverCommand(const std::vector<std::string>& argv) {
   }
 
   // Signals are taken by sigwait below; every thread inherits the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t signals = BlockStopSignals();
   ::signal(SIGPIPE, SIG_IGN);
 
   // Unlocked first: a guest the receiver does not hold gets its own error,

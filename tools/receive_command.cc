@@ -37,11 +37,7 @@ constexpr const char* kUsage =
 // its own thread; the receiver's guest lock keeps two sessions of one guest
 // apart.
 int ServeListener(proto::Listener& listener, const receiver::ReceiverOptions& options) {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t signals = BlockStopSignals();
   std::thread waiter([&] {
     int signal_number = 0;
     sigwait(&signals, &signal_number);

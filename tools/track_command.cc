@@ -243,11 +243,7 @@ int TrackCommand(const std::vector<std::string>& argv) {
   KeepLargeBuffersOnTheHeap();
 
   // Signals are taken by sigwait below; every thread inherits the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t signals = BlockStopSignals();
   ::signal(SIGPIPE, SIG_IGN);
 
   const std::string state_dir = StateDir(*args);
