@@ -38,6 +38,8 @@ class JsonWriter {
   JsonWriter& Uint(std::uint64_t value);
   JsonWriter& Bool(bool value);
   JsonWriter& Null();
+  // null for an empty text (an error, a reason: "none"), else the string.
+  JsonWriter& StringOrNull(std::string_view value) { return value.empty() ? Null() : String(value); }
   // Shortest text that reads back as the same double; NaN/Inf as null.
   JsonWriter& Double(double value);
   // A value that is already JSON, inserted as is. REQUIRES: one complete

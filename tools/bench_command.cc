@@ -545,9 +545,7 @@ std::uint64_t U64(const json& j, const char* key) {
 }
 
 void WriteCycle(core::JsonWriter& w, const CycleReport& c) {
-  w.Key("ok").Bool(c.ok).Key("error");
-  if (c.error.empty()) w.Null();
-  else w.String(c.error);
+  w.Key("ok").Bool(c.ok).Key("error").StringOrNull(c.error);
   w.Key("seconds").Double(c.seconds).Key("job_duration").Double(c.job_duration).Key("mode").String(c.mode);
   w.Key("blocks_sent").Uint(c.blocks_sent).Key("data_blocks").Uint(c.data_blocks);
   w.Key("zero_blocks").Uint(c.zero_blocks).Key("kept_blocks").Uint(c.kept_blocks);
@@ -1422,9 +1420,8 @@ std::string Bench::Json() const {
 
   if (!o_.replay.empty()) {
     w.Key("replay").BeginObject();
-    w.Key("trace").String(o_.replay).Key("records").Uint(replay_records_).Key("torn_tail");
-    if (replay_torn_.empty()) w.Null();
-    else w.String(replay_torn_);
+    w.Key("trace").String(o_.replay).Key("records").Uint(replay_records_);
+    w.Key("torn_tail").StringOrNull(replay_torn_);
     w.Key("speed");
     if (o_.speed > 0) w.Double(o_.speed);
     else w.Null();

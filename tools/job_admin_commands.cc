@@ -80,11 +80,6 @@ std::optional<OneJob> LoadOneJob(const std::vector<std::string>& argv, const cha
   return OneJob{std::move(*args), std::move(*store), std::move(*job)};
 }
 
-void JsonOptText(core::JsonWriter& w, const std::string& text) {
-  if (text.empty()) w.Null();
-  else w.String(text);
-}
-
 // enable / disable.
 int SetEnabled(const std::vector<std::string>& argv, bool enable) {
   const char* usage = enable ? "usage: blkrep enable JOBID" : "usage: blkrep disable JOBID";
@@ -178,21 +173,17 @@ int ReadCommand(const std::vector<std::string>& argv) {
     w.Key("id").String(j.id).Key("guest").String(j.guest).Key("target").String(j.target);
     w.Key("enabled").Bool(j.enabled).Key("schedule").String(j.schedule);
     w.Key("rate").Double(j.rate_mbps).Key("comment").String(j.comment);
-    w.Key("state").String(j.state).Key("error");
-    JsonOptText(w, j.error);
+    w.Key("state").String(j.state).Key("error").StringOrNull(j.error);
     w.Key("fail_count").Uint(j.fail_count).Key("last_sync");
     JsonOptInt(w, j.last_sync);
     w.Key("last_try");
     JsonOptInt(w, j.last_try);
     w.Key("next_sync");
     JsonOptInt(w, next);
-    w.Key("duration").Double(j.duration_s).Key("last_mode");
-    JsonOptText(w, j.last_mode);
+    w.Key("duration").Double(j.duration_s).Key("last_mode").StringOrNull(j.last_mode);
     w.Key("last_bytes_sent").Uint(j.last_bytes_sent).Key("last_blocks_sent").Uint(j.last_blocks_sent);
-    w.Key("resync_reason");
-    JsonOptText(w, resync_reason);
-    w.Key("auto_resync").Bool(j.auto_resync).Key("resync_window");
-    JsonOptText(w, j.resync_window);
+    w.Key("resync_reason").StringOrNull(resync_reason);
+    w.Key("auto_resync").Bool(j.auto_resync).Key("resync_window").StringOrNull(j.resync_window);
     w.Key("resync_at");
     JsonOptInt(w, j.resync_at);
     w.Key("run_now").Bool(j.run_now).Key("recovery_points").Uint(j.recovery_points);
@@ -317,8 +308,7 @@ int DeleteCommand(const std::vector<std::string>& argv) {
   (void)::unlink((state_dir + "/" + job.id + ".run.lock").c_str());
   core::JsonWriter d;
   d.BeginObject().Key("target").String(job.target).Key("replica_kept").Bool(one->args.Flag("keep"));
-  d.Key("forced").Bool(force).Key("cleanup_error");
-  JsonOptText(d, cleanup_failed);
+  d.Key("forced").Bool(force).Key("cleanup_error").StringOrNull(cleanup_failed);
   d.EndObject();
   std::string message = "job deleted (target " + job.target + ", replica " +
                         (one->args.Flag("keep") ? "kept" : cleanup_failed.empty() ? "removed" : "not removed") + ")";

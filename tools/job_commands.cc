@@ -480,12 +480,8 @@ int StatusCommand(const std::vector<std::string>& argv) {
       w.Key("next_sync");
       JsonOptInt(w, NextSync(j));
       w.Key("duration").Double(j.duration_s).Key("fail_count").Uint(j.fail_count).Key("state").String(j.state);
-      w.Key("error");
-      if (j.error.empty()) w.Null();
-      else w.String(j.error);
-      w.Key("last_mode");
-      if (j.last_mode.empty()) w.Null();
-      else w.String(j.last_mode);
+      w.Key("error").StringOrNull(j.error);
+      w.Key("last_mode").StringOrNull(j.last_mode);
       w.Key("last_bytes_sent").Uint(j.last_bytes_sent).Key("last_blocks_sent").Uint(j.last_blocks_sent);
       w.Key("resync_reason");
       if (auto it = resync_reasons.find(j.id); it != resync_reasons.end()) w.String(it->second);

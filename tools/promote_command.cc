@@ -454,9 +454,7 @@ int DemoteCommand(const std::vector<std::string>& argv) {
       if (!written.ok()) return ReportError(written);
     }
     w.BeginObject().Key("name").String(vs.name).Key("path").String(target).Key("common_epoch").Uint(common);
-    w.Key("diverged_blocks").Uint(diverged_blocks).Key("resync_reason");
-    if (why.empty()) w.Null();
-    else w.String(why);
+    w.Key("diverged_blocks").Uint(diverged_blocks).Key("resync_reason").StringOrNull(why);
     w.EndObject();
   }
   w.EndArray();

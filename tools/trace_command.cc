@@ -104,9 +104,7 @@ int Inspect(const std::vector<std::string>& argv) {
     w.Key("record_count").Uint(trace->records.size());
     w.Key("duration_ns").Uint(duration_ns);
     w.Key("block_size").Uint(block_size_bytes);
-    w.Key("torn_tail");
-    if (trace->torn_tail.empty()) w.Null();
-    else w.String(trace->torn_tail);
+    w.Key("torn_tail").StringOrNull(trace->torn_tail);
     w.Key("volumes").BeginArray();
     for (std::size_t i = 0; i < trace->volumes.size(); ++i) {
       const auto& v = trace->volumes[i];

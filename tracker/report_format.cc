@@ -16,11 +16,6 @@ void WriteRanges(core::JsonWriter& json, const DirtyBitmap& bits) {
   json.EndArray();
 }
 
-void NullableString(core::JsonWriter& json, const std::string& text) {
-  if (text.empty()) json.Null();
-  else json.String(text);
-}
-
 void NullableCycle(core::JsonWriter& json, std::uint64_t cycle) {
   if (cycle == 0) json.Null();
   else json.Uint(cycle);
@@ -43,8 +38,7 @@ std::string GuestReportJson(const GuestReport& report) {
   json.Key("guest").String(report.guest);
   json.Key("clean_close").Bool(clean);
   json.Key("resync_required").Bool(resync);
-  json.Key("resync_reason");
-  NullableString(json, reason);
+  json.Key("resync_reason").StringOrNull(reason);
   json.Key("files").BeginArray();
   for (const auto& v : report.volumes) json.String(v.path);
   json.EndArray();
@@ -60,8 +54,7 @@ std::string GuestReportJson(const GuestReport& report) {
     WriteRanges(json, v.dirty);
     json.Key("clean_close").Bool(v.clean_close);
     json.Key("resync_required").Bool(v.resync_required);
-    json.Key("resync_reason");
-    NullableString(json, v.resync_reason);
+    json.Key("resync_reason").StringOrNull(v.resync_reason);
     json.Key("journal_file").String(v.path);
     json.Key("journal_bytes").Uint(v.journal_bytes);
     json.Key("journal_cap_bytes").Uint(v.cap_bytes);
@@ -71,8 +64,7 @@ std::string GuestReportJson(const GuestReport& report) {
     json.Key("activity_log_extents").BeginArray();
     for (auto extent : v.hot_extents) json.Uint(extent);
     json.EndArray();
-    json.Key("torn_tail");
-    NullableString(json, v.torn_tail);
+    json.Key("torn_tail").StringOrNull(v.torn_tail);
     json.Key("targets").BeginArray();
     for (const auto& t : v.targets) {
       json.BeginObject();
@@ -84,8 +76,7 @@ std::string GuestReportJson(const GuestReport& report) {
       NullableCycle(json, t.last_cycle);
       json.Key("needs_full").Bool(t.needs_full);
       json.Key("resync_required").Bool(t.resync_required);
-      json.Key("resync_reason");
-      NullableString(json, t.resync_reason);
+      json.Key("resync_reason").StringOrNull(t.resync_reason);
       json.EndObject();
     }
     json.EndArray();

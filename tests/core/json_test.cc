@@ -16,6 +16,8 @@ TEST(JsonWriterTest, ScalarsAtTopLevel) {
   EXPECT_EQ(JsonWriter().Bool(true).str(), "true");
   EXPECT_EQ(JsonWriter().Bool(false).str(), "false");
   EXPECT_EQ(JsonWriter().Null().str(), "null");
+  EXPECT_EQ(JsonWriter().StringOrNull("").str(), "null");
+  EXPECT_EQ(JsonWriter().StringOrNull("why").str(), "\"why\"");
   EXPECT_EQ(JsonWriter().String("hi").str(), "\"hi\"");
 }
 
