@@ -37,6 +37,8 @@ struct TraceRecord {
   std::uint32_t length_bytes = 0;  // >= 1; offset + length <= the volume's size
   std::uint16_t volume = 0;     // index into Trace::volumes
   TraceOp op = TraceOp::kWrite;
+
+  bool operator==(const TraceRecord&) const = default;
 };
 
 struct Trace {

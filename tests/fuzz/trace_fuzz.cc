@@ -26,17 +26,6 @@ using blkrep::tracker::TraceRecord;
 
 namespace {
 
-bool SameRecords(const std::vector<TraceRecord>& a, const std::vector<TraceRecord>& b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (a[i].time_ns != b[i].time_ns || a[i].offset_bytes != b[i].offset_bytes ||
-        a[i].length_bytes != b[i].length_bytes || a[i].volume != b[i].volume || a[i].op != b[i].op) {
-      return false;
-    }
-  }
-  return true;
-}
-
 void Check(const std::vector<std::byte>& bytes) {
   auto t = blkrep::tracker::DecodeTrace(bytes);
   if (!t.ok()) {
@@ -64,7 +53,7 @@ void Check(const std::vector<std::byte>& bytes) {
   auto again = blkrep::tracker::EncodeTrace(*t, 7);
   BLKREP_FUZZ_CHECK(again.ok(), "an accepted trace EncodeTrace refuses");
   auto back = blkrep::tracker::DecodeTrace(*again);
-  BLKREP_FUZZ_CHECK(back.ok() && back->torn_tail.empty() && SameRecords(back->records, t->records),
+  BLKREP_FUZZ_CHECK(back.ok() && back->torn_tail.empty() && back->records == t->records,
                     "an accepted trace that does not survive re-encoding");
 }
 
@@ -139,7 +128,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::uint8_t how = in.U8();
   if (how % 4 == 0) {
     auto plain = blkrep::tracker::DecodeTrace(bytes);
-    BLKREP_FUZZ_CHECK(plain.ok() && plain->torn_tail.empty() && SameRecords(plain->records, t.records),
+    BLKREP_FUZZ_CHECK(plain.ok() && plain->torn_tail.empty() && plain->records == t.records,
                       "an encoded recipe that does not decode to its records");
   }
   if (how % 4 >= 1 && !bytes.empty()) {

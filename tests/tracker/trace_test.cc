@@ -45,17 +45,6 @@ Trace Example(std::size_t records) {
   return t;
 }
 
-bool SameRecords(const std::vector<TraceRecord>& a, const std::vector<TraceRecord>& b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (a[i].time_ns != b[i].time_ns || a[i].offset_bytes != b[i].offset_bytes ||
-        a[i].length_bytes != b[i].length_bytes || a[i].volume != b[i].volume || a[i].op != b[i].op) {
-      return false;
-    }
-  }
-  return true;
-}
-
 std::vector<std::byte> Encode(const Trace& t, std::uint32_t per_batch) {
   auto bytes = EncodeTrace(t, per_batch);
   EXPECT_TRUE(bytes.ok()) << bytes.status().ToString();
@@ -100,7 +89,7 @@ TEST(TraceTest, EncodedTraceDecodesToTheSameTrace) {
     ASSERT_EQ(decoded->volumes.size(), 2u);
     EXPECT_EQ(decoded->volumes[1].name, "disk-1.x_y");
     EXPECT_EQ(decoded->volumes[1].size_bytes, 3 * kMiB + 512);
-    EXPECT_TRUE(SameRecords(decoded->records, t.records)) << per_batch;
+    EXPECT_TRUE(decoded->records == t.records) << per_batch;
     EXPECT_TRUE(decoded->torn_tail.empty());
   }
 }
@@ -446,7 +435,7 @@ TEST(TraceTest, WorkedExampleOfTheFormatDocument) {
   EXPECT_EQ(documented, encoded) << "EncodeTrace writes:\n" << hex.str();
   auto decoded = DecodeTrace(documented);
   ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
-  EXPECT_TRUE(SameRecords(decoded->records, t.records));
+  EXPECT_TRUE(decoded->records == t.records);
 }
 
 }  // namespace
