@@ -26,6 +26,7 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -48,6 +49,7 @@
 namespace blkrep::tools {
 namespace {
 
+using core::Result;
 using core::Status;
 
 constexpr const char* kUsage =
@@ -107,6 +109,20 @@ std::uint64_t HighestKeptTrace(const std::string& path) {
   return highest;
 }
 
+// What is at a --trace path, not following a link: nullopt if nothing; an
+// error for what a trace may not replace (a directory, a device).
+Result<std::optional<struct stat>> StatTracePath(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return std::optional<struct stat>();
+    return core::ErrnoStatus(errno, "--trace " + path);
+  }
+  if (!S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
+    return Status::InvalidArgument("--trace " + path + ": exists and is not a regular file");
+  }
+  return std::optional<struct stat>(st);
+}
+
 // Moves the trace being written at `temp` to `path`. What is already at
 // `path` is kept as PATH.N, N one more than the highest kept so far (so
 // numbers follow the runs' order), never replacing one: a regular file (an
@@ -116,13 +132,9 @@ std::uint64_t HighestKeptTrace(const std::string& path) {
 // left alone: an error, and this tracker's trace stays at `temp`. So is
 // anything else at `path` (a directory, a device).
 Status InstallTrace(const std::string& temp, const std::string& path) {
-  struct stat st;
-  if (::lstat(path.c_str(), &st) != 0) {
-    if (errno != ENOENT) return core::ErrnoStatus(errno, "--trace " + path);
-  } else {
-    if (!S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
-      return Status::InvalidArgument("--trace " + path + ": exists and is not a regular file");
-    }
+  BLKREP_ASSIGN_OR_RETURN(std::optional<struct stat> existing, StatTracePath(path));
+  if (existing) {
+    struct stat st = *existing;
     // Held until the old file is moved: a running tracker's trace is not
     // taken from under it.
     int held = -1;
@@ -294,10 +306,7 @@ int TrackCommand(const std::vector<std::string>& argv) {
     // Written beside FILE until the tracker serves, then moved to FILE (an
     // older trace there kept as FILE.N first): a start that fails changes
     // nothing.
-    struct stat existing;
-    if (::lstat(trace_path.c_str(), &existing) == 0 && !S_ISREG(existing.st_mode) && !S_ISLNK(existing.st_mode)) {
-      return ReportError(Status::InvalidArgument("--trace " + trace_path + ": exists and is not a regular file"));
-    }
+    if (auto existing = StatTracePath(trace_path); !existing.ok()) return ReportError(existing.status());
     // A name no one can guess or have made, and an flock held on the file
     // for the tracker's life (through the move to FILE): another tracker
     // with the same --trace sees it in use.
